@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import models
+from django.template.response import TemplateResponse
+from django.utils import timezone
+
+from accounts import services
+from accounts.forms import CommaListField
+from accounts.models import ApiKey, ApiToken, Team
+
+# Webhook URLs typed without a scheme mean https (Django 6's default, chosen now).
+URL_FIELDS = {models.URLField: {"assume_scheme": "https"}}
+
+
+class TeamAdmin(admin.ModelAdmin):
+    formfield_overrides = URL_FIELDS
+    list_display = ["name", "budget_usd", "budget_period", "member_count", "created_at"]
+    list_filter = ["budget_period"]
+    search_fields = ["name", "members__username"]
+    filter_horizontal = ["members"]
+
+    @admin.display(description="members")
+    def member_count(self, team: Team) -> int:
+        return team.members.count()
+
+
+class KeyStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("revoked", "Revoked"), ("expired", "Expired")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "active":
+            return queryset.active()
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        if self.value() == "expired":
+            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
+        return queryset
+
+
+class ApiKeyForm(forms.ModelForm):
+    allowed_models = CommaListField(
+        required=False, help_text=ApiKey._meta.get_field("allowed_models").help_text
+    )
+    allowed_endpoints = CommaListField(
+        required=False, help_text=ApiKey._meta.get_field("allowed_endpoints").help_text
+    )
+    allowed_tools = CommaListField(
+        required=False, help_text=ApiKey._meta.get_field("allowed_tools").help_text
+    )
+    tags = CommaListField(required=False)
+    alert_webhook_url = forms.URLField(
+        required=False,
+        assume_scheme="https",
+        help_text=ApiKey._meta.get_field("alert_webhook_url").help_text,
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = [
+            "name",
+            "owner",
+            "team",
+            "tags",
+            "metadata",
+            "allowed_models",
+            "allowed_endpoints",
+            "allowed_tools",
+            "allow_background",
+            "rpm",
+            "tpm",
+            "max_concurrent",
+            "budget_usd",
+            "budget_period",
+            "reserve_mode",
+            "alert_webhook_url",
+            "expires_at",
+            "revoked_reason",
+        ]
+
+
+class ApiKeyAdmin(admin.ModelAdmin):
+    form = ApiKeyForm
+    formfield_overrides = URL_FIELDS
+    list_display = [
+        "name",
+        "prefix_shown",
+        "owner",
+        "team",
+        "state",
+        "budget_usd",
+        "budget_period",
+        "created_at",
+        "last_used_at",
+    ]
+    list_filter = [KeyStateFilter, "team", "budget_period", "created_at"]
+    search_fields = ["name", "prefix", "owner__username", "owner__email", "team__name"]
+    list_select_related = ["owner", "team"]
+    readonly_fields = ["prefix_shown", "created_at", "last_used_at", "revoked_at"]
+    autocomplete_fields = ["owner", "team"]
+    actions = ["revoke_selected"]
+    fieldsets = [
+        (None, {"fields": ["name", "prefix_shown", "owner", "team", "tags", "metadata"]}),
+        (
+            "Policy",
+            {
+                "fields": [
+                    "allowed_models",
+                    "allowed_endpoints",
+                    "allowed_tools",
+                    "allow_background",
+                ]
+            },
+        ),
+        (
+            "Limits",
+            {
+                "fields": [
+                    "rpm",
+                    "tpm",
+                    "max_concurrent",
+                    "budget_usd",
+                    "budget_period",
+                    "reserve_mode",
+                    "alert_webhook_url",
+                ]
+            },
+        ),
+        (
+            "Lifetime",
+            {
+                "fields": [
+                    "created_at",
+                    "expires_at",
+                    "last_used_at",
+                    "revoked_at",
+                    "revoked_reason",
+                ]
+            },
+        ),
+    ]
+
+    @admin.display(description="key", ordering="prefix")
+    def prefix_shown(self, key: ApiKey) -> str:
+        return f"{key.prefix}…" if key.prefix else "(assigned on save)"
+
+    @admin.display(description="state")
+    def state(self, key: ApiKey) -> str:
+        if key.is_revoked:
+            return "revoked"
+        return "expired" if key.is_expired() else "active"
+
+    def save_model(self, request, obj: ApiKey, form, change: bool) -> None:
+        if not change:
+            # Only lives on the request until response_add shows it once.
+            request._llmproxy_new_secret = services.assign_new_secret(obj)
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj: ApiKey, post_url_continue=None):
+        secret = getattr(request, "_llmproxy_new_secret", None)
+        if secret is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "key": obj,
+            "secret": secret,
+            "title": "Copy the new key now",
+        }
+        response = TemplateResponse(request, "admin/accounts/apikey/secret_once.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke_selected(self, request, queryset):
+        count = services.revoke_keys(
+            queryset=queryset, reason=f"revoked in the admin by {request.user.get_username()}"
+        )
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Management API tokens: the secret is shown once, on the page after creation."""
+
+    list_display = ["name", "user", "prefix_shown", "created_at", "last_used_at"]
+    search_fields = ["name", "user__username", "prefix"]
+    list_select_related = ["user"]
+    fields = ["user", "name"]
+    autocomplete_fields = ["user"]
+
+    @admin.display(description="token", ordering="prefix")
+    def prefix_shown(self, token: ApiToken) -> str:
+        return f"{token.prefix}…"
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # a token is made or deleted, never edited
+
+    def save_model(self, request, obj: ApiToken, form, change: bool) -> None:
+        token, secret = services.create_api_token(user=obj.user, name=obj.name)
+        obj.pk = token.pk
+        request._llmproxy_new_secret = secret
+
+    def response_add(self, request, obj: ApiToken, post_url_continue=None):
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "token": obj,
+            "secret": request._llmproxy_new_secret,
+            "title": "Copy the new API token now",
+        }
+        response = TemplateResponse(request, "admin/accounts/apitoken/secret_once.html", context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+admin.site.register(ApiToken, ApiTokenAdmin)
+admin.site.register(Team, TeamAdmin)
+admin.site.register(ApiKey, ApiKeyAdmin)

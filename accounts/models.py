@@ -1,0 +1,160 @@
+"""Who may do what: teams, API keys and their policies."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class BudgetPeriod(models.TextChoices):
+    DAY = "day", "Day (UTC)"
+    WEEK = "week", "Week (UTC, from Monday)"
+    MONTH = "month", "Month (UTC)"
+    TOTAL = "total", "Lifetime"
+
+
+class ReserveMode(models.TextChoices):
+    WORST = "worst", "Worst case: the budget is never overshot"
+    EXPECTED = "expected", "Expected cost: more concurrency, bounded overshoot"
+
+
+class Team(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="teams")
+    budget_usd = models.DecimalField(
+        "budget (USD)",
+        max_digits=12,
+        decimal_places=4,
+        null=True,
+        blank=True,
+        help_text="Spend limit shared by every key of the team. Empty: no limit.",
+    )
+    budget_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
+    )
+    alert_webhook_url = models.URLField(
+        blank=True, help_text="Receives a JSON POST when spend crosses 50, 80 and 100 %."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def active(self) -> ApiKeyQuerySet:
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class ApiKey(models.Model):
+    """A virtual key. The secret is shown once; only its prefix and HMAC digest are stored."""
+
+    name = models.CharField(max_length=100)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="api_keys",
+    )
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="api_keys"
+    )
+    prefix = models.CharField(max_length=16, db_index=True, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.CharField(max_length=200, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    allowed_models = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Model name patterns such as "claude-sonnet-*". Empty: every model.',
+    )
+    allowed_endpoints = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Paths such as "/v1/messages" or "/v1/responses*". Empty: every endpoint.',
+    )
+    allowed_tools = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Hosted (provider-run, billed) tools such as "web_search*". Client tools are '
+        "always allowed. Empty: no hosted tools.",
+    )
+    allow_background = models.BooleanField(
+        default=False,
+        help_text="May start OpenAI background responses (background: true), which run on "
+        "after the client is gone.",
+    )
+    rpm = models.PositiveIntegerField("requests per minute", null=True, blank=True)
+    tpm = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True)
+    budget_usd = models.DecimalField(
+        "budget (USD)", max_digits=12, decimal_places=4, null=True, blank=True
+    )
+    budget_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
+    )
+    alert_webhook_url = models.URLField(
+        blank=True, help_text="Receives a JSON POST when spend crosses 50, 80 and 100 %."
+    )
+    reserve_mode = models.CharField(
+        max_length=8,
+        choices=ReserveMode.choices,
+        default=ReserveMode.WORST,
+        help_text="What admission holds against the budget while a request runs; see "
+        "docs/operations.md for the overshoot bound of 'expected'.",
+    )
+    tags = models.JSONField(default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    @property
+    def is_active(self) -> bool:
+        return not self.is_revoked and not self.is_expired()
+
+
+class ApiToken(models.Model):
+    """A person's token for the management API; stored like keys: prefix + HMAC digest."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

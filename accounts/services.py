@@ -1,0 +1,120 @@
+"""State changes for keys and teams. Callers validate; these trust their input."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from accounts import keys
+from accounts.models import ApiKey, ApiToken, BudgetPeriod, ReserveMode, Team
+
+
+@transaction.atomic
+def create_key(
+    *,
+    name: str,
+    owner: AbstractBaseUser | None = None,
+    team: Team | None = None,
+    allowed_models: list[str] | None = None,
+    allowed_endpoints: list[str] | None = None,
+    allowed_tools: list[str] | None = None,
+    allow_background: bool = False,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    max_concurrent: int | None = None,
+    budget_usd: Decimal | None = None,
+    budget_period: str = BudgetPeriod.MONTH,
+    reserve_mode: str = ReserveMode.WORST,
+    alert_webhook_url: str = "",
+    expires_at: datetime | None = None,
+    tags: list[str] | None = None,
+    metadata: dict | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret: the only time the secret exists."""
+    secret = keys.generate_secret()
+    key = ApiKey.objects.create(
+        name=name,
+        owner=owner,
+        team=team,
+        prefix=keys.key_prefix(secret),
+        digest=keys.key_digest(secret),
+        allowed_models=allowed_models or [],
+        allowed_endpoints=allowed_endpoints or [],
+        allowed_tools=allowed_tools or [],
+        allow_background=allow_background,
+        rpm=rpm,
+        tpm=tpm,
+        max_concurrent=max_concurrent,
+        budget_usd=budget_usd,
+        budget_period=budget_period,
+        reserve_mode=reserve_mode,
+        alert_webhook_url=alert_webhook_url,
+        expires_at=expires_at,
+        tags=tags or [],
+        metadata=metadata or {},
+    )
+    return key, secret
+
+
+def assign_new_secret(key: ApiKey) -> str:
+    """Give an unsaved or existing key a fresh secret; the caller saves it."""
+    secret = keys.generate_secret()
+    key.prefix = keys.key_prefix(secret)
+    key.digest = keys.key_digest(secret)
+    return secret
+
+
+@transaction.atomic
+def rotate_key(*, key: ApiKey) -> str:
+    """Replace the secret; the old one stops working at once."""
+    secret = assign_new_secret(key)
+    key.save(update_fields=["prefix", "digest"])
+    return secret
+
+
+def revoke_keys(*, queryset, reason: str = "") -> int:
+    """Revoke every still-active key in ``queryset``; returns how many changed."""
+    now = timezone.now()
+    changed = 0
+    # Saved one by one so post_save invalidates the policy cache for each.
+    for key in queryset.filter(revoked_at__isnull=True):
+        key.revoked_at = now
+        key.revoked_reason = reason[:200]
+        key.save(update_fields=["revoked_at", "revoked_reason"])
+        changed += 1
+    return changed
+
+
+def find_key(secret: str) -> ApiKey | None:
+    """The key for a presented secret (revoked and expired keys included), or None."""
+    if not keys.looks_like_key(secret):
+        return None
+    digest = keys.key_digest(secret)
+    key = ApiKey.objects.select_related("team").filter(digest=digest).first()
+    # The lookup is by digest; compare again in constant time so a future lookup by prefix
+    # cannot turn into a timing oracle.
+    if key is None or not keys.digest_matches(secret, key.digest):
+        return None
+    return key
+
+
+def create_api_token(*, user, name: str) -> tuple[ApiToken, str]:
+    """A management API token for ``user``; the secret exists only in the return value."""
+    secret = keys.generate_secret(keys.TOKEN_MARKER)
+    token = ApiToken.objects.create(
+        user=user, name=name, prefix=keys.key_prefix(secret), digest=keys.key_digest(secret)
+    )
+    return token, secret
+
+
+def find_api_token(secret: str) -> ApiToken | None:
+    if not secret.startswith(keys.TOKEN_MARKER) or len(secret) > 200:
+        return None
+    token = ApiToken.objects.select_related("user").filter(digest=keys.key_digest(secret)).first()
+    if token is None or not keys.digest_matches(secret, token.digest):
+        return None
+    return token

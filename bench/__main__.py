@@ -1,0 +1,298 @@
+"""Gateway overhead against a direct call, measured in one run.
+
+    python -m bench [--quick] [--write docs/benchmarks.md]
+
+Starts the fake Anthropic upstream and one gateway worker (uvicorn, embedded mode unless
+DATABASE_URL / REDIS_URL are set), then drives both with the same closed-loop load at
+concurrency 1, 16 and 64, streaming and not. Everything runs on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+from bench import load
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT.parent / "shared" / "protocols" / "samples"
+SAMPLE = SAMPLES / "claude_p_messages_request.json"
+CODEX_SAMPLE = SAMPLES / "codex_exec_responses_request.json"
+UPSTREAM_KEY = "sk-bench-upstream-credential"
+NOTES_MARKER = "<!-- notes: kept when bench rewrites this file -->"
+MODEL = "claude-haiku-4-5-20251001"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.head(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def request_body(stream: bool, small: bool = False) -> tuple[bytes, str]:
+    if SAMPLE.exists() and not small:
+        body = json.loads(SAMPLE.read_text())["body"]
+        source = f"captured Claude Code request ({SAMPLE.name})"
+    else:
+        body = {"max_tokens": 1024, "messages": [{"role": "user", "content": "say hi"}]}
+        source = "small synthetic request"
+    body["model"] = MODEL
+    if stream:
+        body["stream"] = True
+    else:
+        body.pop("stream", None)
+    return json.dumps(body).encode(), source
+
+
+class Stack:
+    """The fake upstream and the gateway as subprocesses, torn down in any case."""
+
+    def __init__(self, env: dict, stack: ExitStack) -> None:
+        self.env = env
+        self.stack = stack
+        self.fake_url = f"http://127.0.0.1:{free_port()}"
+        self.gateway_url = f"http://127.0.0.1:{free_port()}"
+        self.floor_url = f"http://127.0.0.1:{free_port()}"
+
+    def spawn(self, *argv: str, env: dict | None = None) -> None:
+        process = subprocess.Popen(argv, cwd=ROOT, env=env or self.env, stdout=subprocess.DEVNULL)
+        self.stack.callback(process.wait, 10)
+        self.stack.callback(process.terminate)
+
+    def manage(self, *argv: str) -> str:
+        return subprocess.run(
+            [sys.executable, "manage.py", *argv],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+
+    def start(self) -> str:
+        fake_port = self.fake_url.rsplit(":", 1)[1]
+        self.spawn(sys.executable, "-m", "llmproxy.testing.fake_provider", "--port", fake_port)
+        self.manage("migrate", "-v0")
+        for kind in ("anthropic", "openai"):
+            self.manage("addprovider", f"bench-{kind}", "--kind", kind,
+                        "--base-url", self.fake_url, "--api-key", UPSTREAM_KEY)  # fmt: skip
+        secret = self.manage("createkey", "bench").strip().splitlines()[-1]
+        port = self.gateway_url.rsplit(":", 1)[1]
+        self.spawn(
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "llmproxy.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        )
+        floor_env = {**self.env, "UPSTREAM": self.fake_url, "UPSTREAM_KEY": UPSTREAM_KEY}
+        self.spawn(sys.executable, "-m", "bench.floor", self.floor_url.rsplit(":", 1)[1],
+                   env=floor_env)  # fmt: skip
+        for url in (self.fake_url, self.gateway_url, self.floor_url):
+            wait_until_up(url)
+        return secret
+
+
+def responses_body(small: bool) -> bytes:
+    if CODEX_SAMPLE.exists() and not small:
+        body = json.loads(CODEX_SAMPLE.read_text())["body"]
+    else:
+        body = {"input": [{"role": "user", "content": "say hi"}]}
+    body["model"] = "gpt-5.5"
+    body["stream"] = True
+    return json.dumps(body).encode()
+
+
+def scenarios(quick: bool):
+    counts = {1: 300, 16: 1500, 64: 3000} if not quick else {1: 100, 16: 300, 64: 600}
+    for stream in (False, True):
+        for concurrency, requests in counts.items():
+            yield stream, concurrency, requests
+
+
+async def measure(stack: Stack, secret: str, quick: bool, small: bool) -> list[dict]:
+    rows = []
+    for stream, concurrency, requests in scenarios(quick):
+        body, _ = request_body(stream, small)
+        common = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
+        direct = await load.run(
+            stack.fake_url + "/v1/messages?beta=true",
+            {**common, "x-api-key": UPSTREAM_KEY},
+            body,
+            concurrency=concurrency,
+            requests=requests,
+        )
+        floor = await load.run(
+            stack.floor_url + "/v1/messages?beta=true",
+            common,
+            body,
+            concurrency=concurrency,
+            requests=requests,
+        )
+        gateway = await load.run(
+            stack.gateway_url + "/v1/messages?beta=true",
+            {**common, "x-api-key": secret},
+            body,
+            concurrency=concurrency,
+            requests=requests,
+        )
+        row = {
+            "path": "/v1/messages " + ("stream" if stream else "non-stream"),
+            "concurrency": concurrency,
+            "direct": direct.summary(),
+            "floor": floor.summary(),
+            "gateway": gateway.summary(),
+        }
+        row["floor_p50_ms"] = round(row["floor"]["p50_ms"] - row["direct"]["p50_ms"], 3)
+        row["overhead_p50_ms"] = round(row["gateway"]["p50_ms"] - row["direct"]["p50_ms"], 3)
+        row["overhead_ttfb_p50_ms"] = round(
+            row["gateway"]["ttfb_p50_ms"] - row["direct"]["ttfb_p50_ms"], 3
+        )
+        row["rps_ratio"] = round(gateway.rps / direct.rps, 3) if direct.rps else None
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    rows += await measure_responses(stack, secret, quick, small)
+    return rows
+
+
+async def measure_responses(stack: Stack, secret: str, quick: bool, small: bool) -> list[dict]:
+    """Codex's paths: streaming /v1/responses over HTTP, and the websocket mode.
+
+    Websocket "direct" is the fake provider's own websocket; through the gateway the socket
+    is bridged to the provider's HTTP SSE endpoint, as it is for providers without one.
+    """
+    rows = []
+    body = responses_body(small)
+    frame = json.dumps({"type": "response.create", **json.loads(body)}).encode()
+    counts = {1: 300, 16: 1500, 64: 3000} if not quick else {1: 100, 16: 300, 64: 600}
+    for concurrency, requests in counts.items():
+        for path, run in (
+            ("/v1/responses stream", load.run),
+            ("/v1/responses websocket", load.run_websocket),
+        ):
+            payload = body if run is load.run else frame
+            kwargs = {"concurrency": concurrency, "requests": requests}
+            base = stack.fake_url if run is load.run else stack.fake_url.replace("http", "ws", 1)
+            gate = base.replace(stack.fake_url.split("//")[1], stack.gateway_url.split("//")[1])
+            direct = await run(
+                base + "/v1/responses",
+                {"authorization": f"Bearer {UPSTREAM_KEY}"},
+                payload,
+                **kwargs,
+            )
+            gateway = await run(
+                gate + "/v1/responses", {"authorization": f"Bearer {secret}"}, payload, **kwargs
+            )
+            row = {"path": path, "concurrency": concurrency,
+                   "direct": direct.summary(), "gateway": gateway.summary()}  # fmt: skip
+            row["overhead_p50_ms"] = round(
+                gateway.ms("latencies", 0.5) - direct.ms("latencies", 0.5), 3
+            )
+            row["overhead_ttfb_p50_ms"] = round(
+                gateway.ms("first_bytes", 0.5) - direct.ms("first_bytes", 0.5), 3
+            )
+            row["floor_p50_ms"] = None
+            row["rps_ratio"] = round(gateway.rps / direct.rps, 3) if direct.rps else None
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], command: str, source: str) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Gateway overhead against a direct call to the same fake upstream, in the same run.",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "- one gateway worker (uvicorn, uvloop, httptools); the fake upstream and the load "
+        "generator are separate processes on the same machine",
+        "- bare hop: `bench/floor.py`, raw ASGI forwarding bytes with one aiohttp session and "
+        "nothing else, measured in the same run: what any proxy hop costs here",
+        f"- request body: {source}",
+        "- mode: " + ("scaled" if os.environ.get("REDIS_URL") else "embedded"),
+        "",
+        "| path | conc. | direct rps | gateway rps | ratio | direct p50 / p99 ms "
+        "| gateway p50 / p99 ms | gateway +p50 ms | bare-hop +p50 ms | +TTFB p50 ms | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        d, g = row["direct"], row["gateway"]
+        lines.append(
+            f"| {row['path']} | {row['concurrency']} | {d['rps']} | {g['rps']} | "
+            f"{row['rps_ratio']} | {d['p50_ms']} / {d['p99_ms']} | {g['p50_ms']} / {g['p99_ms']} | "
+            f"{row['overhead_p50_ms']} | {row['floor_p50_ms']} | "
+            f"{row['overhead_ttfb_p50_ms']} | {d['errors']}/{g['errors']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    parser.add_argument("--write", type=Path, help="also write the markdown report here")
+    parser.add_argument(
+        "--small-body", action="store_true", help="a tiny request instead of Claude Code's 76 KB"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="llmproxy-bench-") as data_dir, ExitStack() as stack:
+        env = {
+            **os.environ,
+            "DJANGO_SECRET_KEY": "bench-secret-key",
+            "DJANGO_DEBUG": "false",
+            "LLMPROXY_DATA_DIR": data_dir,
+            "DJANGO_LOG_LEVEL": "WARNING",
+        }
+        runner = Stack(env, stack)
+        secret = runner.start()
+        rows = asyncio.run(measure(runner, secret, args.quick, args.small_body))
+    command = "python -m bench" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
+    report = markdown(rows, command, request_body(False, args.small_body)[1])
+    print(report)
+    if args.write:
+        # Keep the hand-written analysis below the marker when the numbers are refreshed.
+        notes = ""
+        if args.write.exists() and NOTES_MARKER in args.write.read_text():
+            notes = args.write.read_text().split(NOTES_MARKER, 1)[1]
+        args.write.write_text(report + "\n" + NOTES_MARKER + notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Prices and the durable usage ledger."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import models
+
+from accounts.models import ApiKey, Team
+from llmproxy.models import Provider
+
+PER_MTOK = {"max_digits": 12, "decimal_places": 6}
+
+
+class Price(models.Model):
+    """USD per million tokens for the models matching ``model_pattern``.
+
+    The most specific matching pattern wins (an exact name beats ``claude-opus-4*``). Above
+    ``long_context_threshold`` input tokens a request is billed entirely at the long-context
+    rates, as the providers do.
+    """
+
+    model_pattern = models.CharField(max_length=200, unique=True)
+    provider_kind = models.CharField(max_length=16, blank=True)
+    input_per_mtok = models.DecimalField(**PER_MTOK)
+    output_per_mtok = models.DecimalField(**PER_MTOK)
+    cache_write_5m_per_mtok = models.DecimalField(**PER_MTOK, default=Decimal(0))
+    cache_write_1h_per_mtok = models.DecimalField(**PER_MTOK, default=Decimal(0))
+    cache_read_per_mtok = models.DecimalField(**PER_MTOK, default=Decimal(0))
+    long_context_threshold = models.PositiveIntegerField(null=True, blank=True)
+    long_input_per_mtok = models.DecimalField(**PER_MTOK, null=True, blank=True)
+    long_output_per_mtok = models.DecimalField(**PER_MTOK, null=True, blank=True)
+    long_cache_write_5m_per_mtok = models.DecimalField(**PER_MTOK, null=True, blank=True)
+    long_cache_write_1h_per_mtok = models.DecimalField(**PER_MTOK, null=True, blank=True)
+    long_cache_read_per_mtok = models.DecimalField(**PER_MTOK, null=True, blank=True)
+    tool_prices = models.JSONField(
+        default=dict, blank=True, help_text='USD per call by hosted tool, e.g. {"web_search": 0.01}'
+    )
+    container_prices = models.JSONField(
+        default=dict, blank=True, help_text='USD per container by memory size, e.g. {"1g": 0.03}'
+    )
+    default_max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    source = models.CharField(max_length=300, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model_pattern"]
+
+    def __str__(self) -> str:
+        return self.model_pattern
+
+
+class UsageKind(models.TextChoices):
+    TURN = "turn", "Turn"
+    COMPACTION = "compaction", "Compaction"
+    COUNT = "count", "Token count"
+    TITLE = "title", "Title"
+    OTHER = "other", "Other"
+
+
+class UsageEvent(models.Model):
+    """One upstream call, written by Celery in batches; a unique ``request_id`` makes a
+    replayed batch insert nothing."""
+
+    request_id = models.CharField(max_length=64, unique=True)
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_events"
+    )
+    team = models.ForeignKey(
+        Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_events"
+    )
+    provider = models.ForeignKey(
+        Provider, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_events"
+    )
+    model = models.CharField(max_length=200, db_index=True)
+    upstream_model = models.CharField(max_length=200, blank=True)
+    endpoint = models.CharField(max_length=200)
+    client = models.CharField(max_length=40, blank=True, db_index=True)
+    session_id = models.CharField(max_length=100, blank=True)
+    status = models.PositiveSmallIntegerField(default=0)
+    kind = models.CharField(max_length=16, choices=UsageKind.choices, default=UsageKind.TURN)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cache_read_tokens = models.PositiveBigIntegerField(default=0)
+    cache_write_tokens = models.PositiveBigIntegerField(
+        default=0, help_text="All cache writes, 5-minute and 1-hour."
+    )
+    cache_write_1h_tokens = models.PositiveBigIntegerField(
+        default=0, help_text="The part of the cache writes with a 1-hour lifetime."
+    )
+    reasoning_tokens = models.PositiveBigIntegerField(default=0)
+    tool_calls = models.JSONField(default=dict, blank=True)
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
+    latency_ms = models.PositiveIntegerField(default=0)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    partial = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["api_key", "created_at"], name="usage_key_time"),
+            models.Index(fields=["team", "created_at"], name="usage_team_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model} ${self.cost_usd}"
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_read_tokens
+            + (self.cache_write_tokens)
+        )
+
+
+class BudgetAlert(models.Model):
+    """Spend crossed a threshold of a budget: once per subject, period and threshold."""
+
+    subject = models.CharField(max_length=40, help_text='"key:<id>" or "team:<id>"')
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.CASCADE)
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.CASCADE)
+    period = models.CharField(max_length=24)
+    threshold = models.PositiveSmallIntegerField(help_text="percent of the budget")
+    spent_usd = models.DecimalField(max_digits=14, decimal_places=8)
+    limit_usd = models.DecimalField(max_digits=12, decimal_places=4)
+    webhook_url = models.URLField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subject", "period", "threshold"], name="one_alert_per_threshold"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} reached {self.threshold}% of ${self.limit_usd} ({self.period})"

@@ -1,0 +1,1 @@
+"""The management API (DRF) under /api/, described by OpenAPI at /api/schema/."""

@@ -1,0 +1,151 @@
+"""Strict parsers for configuration taken from the environment.
+
+Only ``settings.py`` calls these. Each takes the environment mapping explicitly so tests can
+feed it good and bad values; a malformed value raises ``ImproperlyConfigured`` naming the
+variable instead of falling back to a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _raw(env: Mapping[str, str], name: str) -> str | None:
+    """Value of NAME, or the contents of the file named by NAME_FILE (for secrets)."""
+    value = env.get(name)
+    file_name = env.get(f"{name}_FILE")
+    if value is not None and file_name is not None:
+        raise ImproperlyConfigured(f"{name}: set either {name} or {name}_FILE, not both")
+    if file_name is not None:
+        try:
+            return Path(file_name).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE: cannot read {file_name!r}: {exc}") from exc
+    if value is not None:
+        value = value.strip()
+    return value or None
+
+
+def env_str(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    value = _raw(env, name)
+    return default if value is None else value
+
+
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = _raw(env, name)
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}: expected true or false, got {value!r}")
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    value = _raw(env, name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}: expected an integer, got {value!r}") from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name}: must be at least {minimum}, got {number}")
+    return number
+
+
+def env_float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    value = _raw(env, name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}: expected a number, got {value!r}") from None
+    if not number >= minimum:  # also refuses NaN
+        raise ImproperlyConfigured(f"{name}: must be at least {minimum}, got {value!r}")
+    return number
+
+
+def env_list(env: Mapping[str, str], name: str, default: list[str]) -> list[str]:
+    value = _raw(env, name)
+    if value is None:
+        return list(default)
+    items = [item.strip() for item in value.split(",")]
+    if any(not item for item in items):
+        raise ImproperlyConfigured(f"{name}: empty item in comma-separated list {value!r}")
+    return items
+
+
+def parse_database_url(name: str, url: str) -> dict:
+    """postgres://user:password@host:port/dbname?sslmode=... → Django DATABASES entry."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise ImproperlyConfigured(
+            f"{name}: only postgres:// or postgresql:// URLs are supported, got scheme "
+            f"{parts.scheme!r}"
+        )
+    dbname = unquote(parts.path.lstrip("/"))
+    if not dbname or "/" in dbname:
+        raise ImproperlyConfigured(f"{name}: the URL must name one database, like .../llmproxy")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}: the port is not a number") from None
+    options: dict[str, str] = {}
+    for pair in filter(None, parts.query.split("&")):
+        key, sep, val = pair.partition("=")
+        if not sep or not key:
+            raise ImproperlyConfigured(f"{name}: malformed query parameter {pair!r}")
+        options[unquote(key)] = unquote(val)
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": dbname,
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": unquote(parts.hostname or ""),
+        "PORT": str(port or ""),
+        "OPTIONS": options,
+        "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True,
+    }
+
+
+def check_redis_url(name: str, url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ImproperlyConfigured(
+            f"{name}: expected a redis://, rediss:// or unix:// URL, got scheme {parts.scheme!r}"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ImproperlyConfigured(f"{name}: the URL has no host")
+    try:
+        parts.port  # noqa: B018 - raises on a non-numeric port
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}: the port is not a number") from None
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ImproperlyConfigured(f"{name}: the database must be a number, got {db!r}")
+    return url
+
+
+def dev_secret_key(path: Path) -> str:
+    """A random key kept in an untracked file so debug sessions survive restarts."""
+    from django.core.management.utils import get_random_secret_key
+
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = get_random_secret_key()
+    path.write_text(key)
+    path.chmod(0o600)
+    return key

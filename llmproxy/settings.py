@@ -1,0 +1,219 @@
+"""Settings for llmproxy, read from the environment.
+
+No environment at all gives the embedded mode: SQLite, local-memory cache, in-memory channel
+layer and Celery in eager mode. DATABASE_URL and REDIS_URL switch to the scaled mode. Every
+variable is listed in README.md; app code reads ``django.conf.settings``, never ``os.environ``.
+"""
+
+import os
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from llmproxy.env import (
+    check_redis_url,
+    dev_secret_key,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    parse_database_url,
+)
+
+ENV = os.environ
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str(ENV, "LLMPROXY_DATA_DIR", str(BASE_DIR / "var")))
+
+DEBUG = env_bool(ENV, "DJANGO_DEBUG", False)
+
+SECRET_KEY = env_str(ENV, "DJANGO_SECRET_KEY")
+if SECRET_KEY is None:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY: required when DJANGO_DEBUG is false (production mode)"
+        )
+    SECRET_KEY = dev_secret_key(DATA_DIR / "dev-secret-key")
+
+ALLOWED_HOSTS = env_list(ENV, "DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list(ENV, "DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "llmproxy",
+    "accounts",
+    "billing",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "llmproxy.urls"
+ASGI_APPLICATION = "llmproxy.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: SQLite file by default, PostgreSQL with DATABASE_URL -------------------------
+DATABASE_URL = env_str(ENV, "DATABASE_URL")
+if DATABASE_URL:
+    DATABASES = {"default": parse_database_url("DATABASE_URL", DATABASE_URL)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "llmproxy.sqlite3",
+            # WAL lets the Celery thread write usage while the admin reads.
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: cache, channel layer, Celery broker and hot counters ----------------------------
+REDIS_URL = env_str(ENV, "REDIS_URL")
+if REDIS_URL:
+    check_redis_url("REDIS_URL", REDIS_URL)
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "llmproxy",
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "llmproxy:asgi"},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Celery ---------------------------------------------------------------------------------
+CELERY_BROKER_URL = env_str(ENV, "CELERY_BROKER_URL", REDIS_URL or "memory://localhost/")
+if not CELERY_BROKER_URL.startswith("memory://"):
+    check_redis_url("CELERY_BROKER_URL", CELERY_BROKER_URL)
+CELERY_TASK_ALWAYS_EAGER = env_bool(ENV, "LLMPROXY_CELERY_EAGER", not REDIS_URL)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# celery -A llmproxy beat: budget alerts every minute, counters against the ledger every 5.
+CELERY_BEAT_SCHEDULE = {
+    "budget-alerts": {"task": "billing.tasks.check_budget_alerts", "schedule": 60.0},
+    "reconcile-counters": {"task": "billing.tasks.reconcile_counters", "schedule": 300.0},
+}
+# A task taken by a worker that dies unacknowledged goes back to the queue after this long;
+# workers look for such tasks every few seconds (kombu's default scans only every ~100 s).
+_VISIBILITY = env_int(ENV, "LLMPROXY_CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": _VISIBILITY,
+    "unacked_restore_interval": min(10, _VISIBILITY),
+    "unacked_restore_throttle": 1,
+}
+
+# --- Auth and i18n --------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+SESSION_COOKIE_SECURE = env_bool(ENV, "DJANGO_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "llmproxy.api.auth.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "DEFAULT_THROTTLE_CLASSES": [],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "llmproxy management API",
+    "DESCRIPTION": "Keys, teams, providers, prices, usage and spend of an llmproxy gateway.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI from the vendored sidecar package: the gateway works with no internet.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+}
+
+# --- The gateway ----------------------------------------------------------------------------
+# HMAC key for API key digests; changing it invalidates every issued key.
+LLMPROXY_KEY_HMAC_SECRET = env_str(ENV, "LLMPROXY_KEY_HMAC_SECRET", SECRET_KEY)
+# Fernet keys for provider credentials at rest; the first encrypts, all decrypt (rotation).
+LLMPROXY_ENCRYPTION_KEYS = env_list(ENV, "LLMPROXY_ENCRYPTION_KEYS", [SECRET_KEY])
+LLMPROXY_MAX_BODY_BYTES = env_int(ENV, "LLMPROXY_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024)
+LLMPROXY_CONNECT_TIMEOUT = env_float(ENV, "LLMPROXY_CONNECT_TIMEOUT", 10.0, minimum=0.1)
+LLMPROXY_READ_TIMEOUT = env_float(ENV, "LLMPROXY_READ_TIMEOUT", 600.0, minimum=1.0)
+LLMPROXY_POOL_SIZE = env_int(ENV, "LLMPROXY_POOL_SIZE", 512, minimum=1)
+LLMPROXY_REDIS_POOL_SIZE = env_int(ENV, "LLMPROXY_REDIS_POOL_SIZE", 64, minimum=1)
+# How often a worker checks whether any key, team, provider or price changed.
+LLMPROXY_POLICY_REFRESH_SECONDS = env_float(
+    ENV, "LLMPROXY_POLICY_REFRESH_SECONDS", 0.5, minimum=0.0
+)
+# Budget reservations: output tokens assumed when a request sets no maximum and its price
+# row names none, and the output a key in "expected" reservation mode reserves.
+LLMPROXY_DEFAULT_MAX_OUTPUT_TOKENS = env_int(
+    ENV, "LLMPROXY_DEFAULT_MAX_OUTPUT_TOKENS", 64_000, minimum=1
+)
+LLMPROXY_EXPECTED_OUTPUT_TOKENS = env_int(ENV, "LLMPROXY_EXPECTED_OUTPUT_TOKENS", 4096, minimum=1)
+# Codex's Responses websocket mode; false answers the upgrade with 426 (Codex uses HTTP).
+LLMPROXY_WEBSOCKETS = env_bool(ENV, "LLMPROXY_WEBSOCKETS", True)
+LLMPROXY_USAGE_BATCH_SIZE = env_int(ENV, "LLMPROXY_USAGE_BATCH_SIZE", 100, minimum=1)
+
+LOG_LEVEL = env_str(ENV, "DJANGO_LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"DJANGO_LOG_LEVEL: unknown level {LOG_LEVEL!r}")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+}

@@ -1,0 +1,1 @@
+"""Test doubles for what llmproxy does not own: the LLM providers."""

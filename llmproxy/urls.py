@@ -1,0 +1,19 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from llmproxy import dashboard
+from llmproxy.health import healthz
+
+admin.site.site_header = "llmproxy"
+admin.site.site_title = "llmproxy admin"
+admin.site.index_title = "Gateway administration"
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("healthz", healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+    path("api/", include("llmproxy.api.urls")),
+    path("dashboard/", dashboard.overview, name="dashboard"),
+    path("dashboard/keys/<int:key_id>/", dashboard.key_detail, name="dashboard-key"),
+]

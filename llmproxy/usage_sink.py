@@ -1,0 +1,128 @@
+"""Hands usage events from the response path to Celery without blocking it.
+
+The event loop only appends to a thread-safe queue. One daemon thread per process drains it
+in batches and submits ``billing.tasks.record_usage_batch``: to the broker in scaled mode, or
+runs it right there in embedded (eager) mode, where the ORM is fine because this is a plain
+thread. A failed submission is retried with backoff; events stay queued meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from django.conf import settings
+from django.db import close_old_connections, connections
+
+log = logging.getLogger(__name__)
+
+_NUDGE = object()
+
+
+class UsageSink:
+    def __init__(self, batch_size: int = 100, linger: float = 0.2) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._batch_size = batch_size
+        self._linger = linger
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, event: dict) -> None:
+        """Non-blocking; safe from the event loop."""
+        with self._idle:
+            self._pending += 1
+        self._queue.put(event)
+        if self._thread is None:
+            self._start()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every submitted event was handed over; True when it was."""
+        self._queue.put(_NUDGE)  # no lingering for more events: hand over what is queued
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="usage-sink", daemon=True)
+                self._thread.start()
+
+    def close_connections(self, timeout: float = 10.0) -> None:
+        """Close this thread's database connections (at shutdown, or before a test DB drop)."""
+        if self._thread is None:
+            return
+        done = threading.Event()
+
+        def close() -> None:
+            connections.close_all()
+            done.set()
+
+        self._queue.put(close)
+        done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch, controls = self._next_batch()
+            if batch:
+                self._deliver(batch)
+                with self._idle:
+                    self._pending -= len(batch)
+                    self._idle.notify_all()
+            for control in controls:
+                control()
+
+    def _next_batch(self) -> tuple[list[dict], list]:
+        """Events until the batch is full, the linger time is up, or a control item arrives."""
+        batch: list[dict] = []
+        controls = []
+        item = self._queue.get()
+        deadline = time.monotonic() + self._linger
+        while True:
+            if not isinstance(item, dict):
+                if item is not _NUDGE:
+                    controls.append(item)
+                break
+            batch.append(item)
+            if len(batch) >= self._batch_size:
+                break
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+        return batch, controls
+
+    def _deliver(self, batch: list[dict]) -> None:
+        from billing.services import record_usage_batch as write_now
+        from billing.tasks import record_usage_batch
+
+        delay = 0.5
+        while True:
+            try:
+                close_old_connections()
+                if settings.CELERY_TASK_ALWAYS_EAGER:
+                    # Eager mode would run the task here anyway; skip Celery's wrapping,
+                    # which holds the GIL for milliseconds the event loop wants.
+                    write_now(batch)
+                else:
+                    record_usage_batch.delay(batch)
+                return
+            except Exception:
+                # Keep the batch and try again: losing a usage event loses money.
+                log.exception("usage batch of %d not handed over; retrying", len(batch))
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            finally:
+                close_old_connections()
+
+
+sink = UsageSink()

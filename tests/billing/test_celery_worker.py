@@ -1,0 +1,87 @@
+"""The usage pipeline with a real Celery worker process on real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from billing.models import UsageEvent
+from llmproxy.celery import app
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def database_url() -> str:
+    db = connection.settings_dict  # the test database pytest-django created
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgresql://{auth}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+def start_worker(tmp_path: Path) -> subprocess.Popen:
+    environment = {
+        "PATH": os.environ["PATH"],
+        "DATABASE_URL": database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "DJANGO_SECRET_KEY": "test-secret-key-not-for-production",
+        "LLMPROXY_DATA_DIR": str(tmp_path),
+        "LLMPROXY_CELERY_VISIBILITY_TIMEOUT": "3",
+    }
+    log = (tmp_path / "worker.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "llmproxy", "worker", "-P", "solo",
+         "--without-heartbeat", "--without-gossip", "--without-mingle", "-l", "info"],
+        cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def events(batch: int, size: int) -> list[dict]:
+    now = datetime.now(UTC).isoformat()
+    return [
+        {"request_id": f"b{batch}-e{i}", "model": "m", "endpoint": "/v1/messages",
+         "input_tokens": 10, "cost_usd": "0.001", "created_at": now}
+        for i in range(size)
+    ]  # fmt: skip
+
+
+def wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.mark.filterwarnings("ignore::celery.exceptions.AlwaysEagerIgnored")
+def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(postgres, redis_client, tmp_path):
+    batches, size = 30, 400
+    redis_client.delete("celery")  # the default queue: only this test's tasks
+    for batch in range(batches):
+        # send_task always goes through the broker (the test settings run tasks eagerly)
+        app.send_task("billing.tasks.record_usage_batch", args=[events(batch, size)])
+    assert redis_client.llen("celery") == batches  # kept while no worker runs
+
+    worker = start_worker(tmp_path)
+    try:
+        wait_for(lambda: UsageEvent.objects.count() > 0, 60, "the first batch")
+        os.kill(worker.pid, signal.SIGKILL)  # no chance to acknowledge or clean up
+        worker.wait(10)
+        written_when_killed = UsageEvent.objects.count()
+        assert 0 < written_when_killed < batches * size
+        worker = start_worker(tmp_path)
+        wait_for(lambda: UsageEvent.objects.count() >= batches * size, 90, "every event")
+        time.sleep(4)  # past the visibility timeout: a redelivered batch would land now
+    finally:
+        worker.kill()
+        worker.wait(10)
+    assert UsageEvent.objects.count() == batches * size
+    assert UsageEvent.objects.values("request_id").distinct().count() == batches * size

@@ -1,0 +1,27 @@
+"""Test settings: the real settings, with a test secret and a scratch data directory.
+
+DATABASE_URL and REDIS_URL pass through, so the same suite runs embedded (neither set) or
+scaled (CI sets both).
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
+if "LLMPROXY_DATA_DIR" not in os.environ:
+    os.environ["LLMPROXY_DATA_DIR"] = tempfile.mkdtemp(prefix="llmproxy-test-")
+    atexit.register(shutil.rmtree, os.environ["LLMPROXY_DATA_DIR"], ignore_errors=True)
+
+from llmproxy.settings import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
+
+# Usage is written in-process here; the tests of the Celery pipeline itself start a real
+# worker process with the production settings.
+CELERY_TASK_ALWAYS_EAGER = True
+
+# Close the database connection at the end of each request the test servers handle, so no
+# server thread still holds one when the test database is dropped.
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
