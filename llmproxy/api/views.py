@@ -4,9 +4,10 @@ import csv
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.handlers.asgi import ASGIRequest
-from django.db.models import Count, Sum
+from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 from django.http import StreamingHttpResponse
 from django.utils.dateparse import parse_date, parse_datetime
@@ -208,19 +209,32 @@ USAGE_FILTERS = [
 
 
 def _moment(name: str, value: str) -> datetime:
-    moment = parse_datetime(value)
-    if moment is None:
-        day = parse_date(value)
-        if day is None:
-            raise ValidationError({name: "expected an ISO 8601 date or date-time"})
-        moment = datetime(day.year, day.month, day.day)
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        moment = parse_datetime(value)
+        if moment is None:
+            day = parse_date(value)
+            if day is None:
+                raise ValidationError({name: "expected an ISO 8601 date or date-time"})
+            moment = datetime(day.year, day.month, day.day)
+        # In UTC now, so a time the database cannot hold is this 400, not a failed query.
+        return moment.replace(tzinfo=UTC) if not moment.tzinfo else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValidationError({name: "not a valid date or date-time"}) from None
+
+
+BIGINT_MAX = 2**63 - 1
 
 
 def _integer(name: str, value: str) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()) or int(value) > BIGINT_MAX:
         raise ValidationError({name: "expected an id"})
     return int(value)
+
+
+def _text(name: str, value: str) -> str:
+    if "\x00" in value:
+        raise ValidationError({name: "must not contain NUL characters"})
+    return value
 
 
 def usage_for(request):
@@ -235,7 +249,7 @@ def usage_for(request):
         events = events.filter(team_id=_integer("team", query["team"]))
     for field in ("model", "client", "kind"):
         if query.get(field):
-            events = events.filter(**{field: query[field]})
+            events = events.filter(**{field: _text(field, query[field])})
     if query.get("since"):
         events = events.filter(created_at__gte=_moment("since", query["since"]))
     if query.get("until"):
@@ -275,20 +289,48 @@ class UsageViewSet(viewsets.ReadOnlyModelViewSet):
 
     def _csv(self) -> StreamingHttpResponse:
         writer = csv.writer(Echo())
-        rows = self.get_queryset().values_list(*[f if f not in ("api_key", "team", "provider")
-                                                 else f + "_id" for f in CSV_FIELDS])  # fmt: skip
+        columns = [f + "_id" if f in ("api_key", "team", "provider") else f for f in CSV_FIELDS]
+        rows = self.get_queryset().values_list(*columns, "id")
+        chunk = 2000
+
+        def page(after: tuple | None) -> list[tuple]:
+            # Keyset pages in the list's order (newest first): each query is short and the
+            # export never holds a cursor open while the client reads slowly.
+            page_rows = rows
+            if after is not None:
+                created, row_id = after
+                page_rows = rows.filter(
+                    Q(created_at__lt=created) | Q(created_at=created, id__lt=row_id)
+                )
+            return list(page_rows[:chunk])
+
+        created_at = columns.index("created_at")
+        # The first page is read here, before the status line goes out: a failing query is
+        # still an error response, never a 200 that breaks off.
+        first = page(None)
+
+        def after(batch: list[tuple]) -> tuple | None:
+            return (batch[-1][created_at], batch[-1][-1]) if len(batch) == chunk else None
 
         def lines():
             yield writer.writerow(CSV_FIELDS)
-            for row in rows.iterator(chunk_size=2000):
-                yield writer.writerow(row)
+            batch = first
+            while True:
+                yield "".join(writer.writerow(row[:-1]) for row in batch)
+                if (cursor := after(batch)) is None:
+                    return
+                batch = page(cursor)
 
         async def alines():
             yield writer.writerow(CSV_FIELDS)
-            async for row in rows.aiterator(chunk_size=2000):
-                yield writer.writerow(row)
+            batch = first
+            while True:
+                yield "".join(writer.writerow(row[:-1]) for row in batch)
+                if (cursor := after(batch)) is None:
+                    return
+                batch = await sync_to_async(page)(cursor)
 
-        # Under ASGI (uvicorn) an async iterator streams without tying up a thread.
+        # Under ASGI (uvicorn) an async iterator streams; Django would buffer a sync one whole.
         under_asgi = isinstance(self.request._request, ASGIRequest)
         response = StreamingHttpResponse(
             alines() if under_asgi else lines(), content_type="text/csv"
