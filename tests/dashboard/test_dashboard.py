@@ -20,14 +20,14 @@ def usage():
     key, secret = key_services.create_key(
         name="alice laptop", team=team, budget_usd=Decimal(10), budget_period="month"
     )
-    now = datetime.now(UTC)
+    now = datetime.now(UTC)  # all three inside this month's budget period, whatever the date
     rows = [("claude-opus-4-8", "2.5", ""), ("gpt-5.5", "1.25", ""),
             ("claude-opus-4-8", "0", "upstream: ConnectError")]  # fmt: skip
     for index, (model, cost, error) in enumerate(rows):
         UsageEvent.objects.create(
             request_id=f"d{index}", api_key=key, team=team, model=model, endpoint="/v1/messages",
             cost_usd=Decimal(cost), error=error, status=502 if error else 200,
-            created_at=now - timedelta(days=index),
+            created_at=now - timedelta(seconds=index),
         )  # fmt: skip
     return key, secret
 
