@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection
@@ -67,28 +68,44 @@ def wait_for(condition, seconds: float, what: str, tmp_path: Path) -> None:
         time.sleep(0.02)
 
 
+def insert_waiting_on_lock(blocker) -> bool:
+    """Is a worker's INSERT into the usage table waiting for the test's table lock?"""
+    row = blocker.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND query LIKE 'INSERT INTO \"billing_usageevent\"%%'"
+    ).fetchone()
+    return row[0] > 0
+
+
 @pytest.mark.filterwarnings("ignore::celery.exceptions.AlwaysEagerIgnored")
 def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(postgres, redis_client, tmp_path):
-    batches, size = 40, 400
+    batches, size = 30, 400
     redis_client.delete("celery")  # the default queue: only this test's tasks
     for batch in range(batches):
         # send_task always goes through the broker (the test settings run tasks eagerly)
         app.send_task("billing.tasks.record_usage_batch", args=[events(batch, size)])
     assert redis_client.llen("celery") == batches  # kept while no worker runs
 
+    # A second connection that can stop the worker in the middle of a batch: while it holds
+    # a SHARE lock on the usage table, the worker's INSERT waits inside its transaction.
+    blocker = psycopg.connect(database_url())
     worker = start_worker(tmp_path)
     try:
-        wait_for(lambda: UsageEvent.objects.count() > 0, 60, "the first batch", tmp_path)
-        os.kill(worker.pid, signal.SIGKILL)  # no chance to acknowledge or clean up
+        wait_for(lambda: UsageEvent.objects.count() >= 3 * size, 60, "three batches", tmp_path)
+        blocker.execute("LOCK TABLE billing_usageevent IN SHARE MODE")
+        with psycopg.connect(database_url(), autocommit=True) as watcher:
+            wait_for(lambda: insert_waiting_on_lock(watcher), 30, "a blocked batch", tmp_path)
+        os.kill(worker.pid, signal.SIGKILL)  # mid-batch: no chance to commit or acknowledge
         worker.wait(10)
+        blocker.rollback()
         written_when_killed = UsageEvent.objects.count()
-        # Killed after the first batch landed and long before the last: the kill interrupted
-        # the run (one batch takes a fraction of a second; there are dozens).
-        assert 0 < written_when_killed < batches * size, worker_log(tmp_path)
+        assert 0 < written_when_killed < batches * size
+        assert written_when_killed % size == 0  # the killed batch left nothing half-written
         worker = start_worker(tmp_path)
         wait_for(lambda: UsageEvent.objects.count() >= batches * size, 90, "every event", tmp_path)
         time.sleep(4)  # past the visibility timeout: a redelivered batch would land now
     finally:
+        blocker.close()
         worker.kill()
         worker.wait(10)
     assert UsageEvent.objects.count() == batches * size
