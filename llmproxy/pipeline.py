@@ -200,6 +200,8 @@ class Exchange:
         self.first_byte: float | None = None
         self.tap = protocol.tap(False, info, endpoint)
         self.settled = False
+        self.complete = False  # the upstream answer was read to its end
+        self.relay_error = ""
 
     def upstream_request(self) -> tuple[str, list[tuple[bytes, bytes]], bytes]:
         protocol, provider = self.protocol, self.provider
@@ -267,9 +269,13 @@ class Exchange:
         return headers
 
     async def relay(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        """The upstream's chunks, unchanged, as they arrive; the tap sees each on the side.
+
+        It settles when the answer ends, before the sender's last message: once a client has
+        its whole answer, the ledger already holds the call's actual cost.
+        """
         streaming = response.headers.get("content-type", "").startswith("text/event-stream")
         self.tap = self.protocol.tap(streaming, self.info, self.endpoint)
-        complete, error = False, ""
         try:
             async for chunk in response.aiter_raw():
                 if self.first_byte is None:
@@ -280,29 +286,26 @@ class Exchange:
                     if not chunk:
                         continue
                 yield chunk
-            complete = True
+            self.complete = True
         except httpx.HTTPError as exc:
-            error = f"upstream stream broke: {type(exc).__name__}"
+            self.relay_error = f"upstream stream broke: {type(exc).__name__}"
             if streaming:
                 # The client sees a protocol error event; Claude Code then retries unstreamed.
                 yield self.protocol.stream_error_event(
                     f"The connection to the provider failed mid-stream ({type(exc).__name__})."
                 )
         finally:
-            await response.aclose()  # on a client disconnect this cancels the upstream call
-            if not complete and not error:
-                error = "client disconnected"
-            await asyncio.shield(
-                self.settle(response.status_code, partial=not complete, error=error)
-            )
+            # On a client disconnect this cancels the upstream call and settles what was seen.
+            await self.conclude(response)
 
-    async def abandon(self, response: httpx.Response) -> None:
-        """The answer was not (fully) relayed: close it upstream and settle what was seen."""
+    async def conclude(self, response: httpx.Response) -> None:
+        """The answer ended, broke or was given up: close it upstream and settle once."""
         if self.settled:
             return
         await response.aclose()
+        error = self.relay_error or ("" if self.complete else "client disconnected")
         await asyncio.shield(
-            self.settle(response.status_code, partial=True, error="client disconnected")
+            self.settle(response.status_code, partial=not self.complete, error=error)
         )
 
     async def settle(self, status: int, *, partial: bool = False, error: str = "") -> None:
@@ -387,12 +390,37 @@ async def forward(exchange: Exchange) -> Reply:
                 "provider's API key.",
             ),
         )
-    return Reply(
-        response.status_code,
-        exchange.reply_headers(response),
-        stream=exchange.relay(response),
-        close=lambda: exchange.abandon(response),
-    )
+    headers = exchange.reply_headers(response)
+    if not buffered(response):
+        return Reply(
+            response.status_code,
+            headers,
+            stream=exchange.relay(response),
+            close=lambda: exchange.conclude(response),
+        )
+    # A JSON answer of known size goes out in one message with its length, as the provider
+    # sent it: one write to the client instead of a chunk per read plus a terminator.
+    body = b"".join([chunk async for chunk in exchange.relay(response)])  # settles at the end
+    if not exchange.complete:
+        return error_reply(
+            protocol,
+            ProxyError(
+                ErrorKind.UPSTREAM_UNAVAILABLE,
+                f"The connection to provider {exchange.provider.name!r} broke mid-answer.",
+            ),
+        )
+    return Reply(response.status_code, headers, body)
+
+
+BUFFER_LIMIT = 8 * 1024 * 1024
+
+
+def buffered(response: httpx.Response) -> bool:
+    """Is this a non-streamed answer small enough to read whole before replying?"""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        return False
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and int(length) <= BUFFER_LIMIT
 
 
 # --- entry points ------------------------------------------------------------------------

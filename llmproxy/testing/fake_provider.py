@@ -343,6 +343,8 @@ class FakeProvider:
         if not stream:
             if reply.delay:
                 await asyncio.sleep(reply.delay)
+            if reply.drop_after is not None:  # announce the whole body, send half, hang up
+                return await self._cut_body(request, orjson.dumps(_message(reply, model)), headers)
             return web.Response(
                 body=orjson.dumps(_message(reply, model)), headers=headers,
                 content_type="application/json",
@@ -373,6 +375,14 @@ class FakeProvider:
             self.disconnects += 1
             raise
         await response.write_eof()
+        return response
+
+    async def _cut_body(self, request, body: bytes, headers: dict):
+        response = web.StreamResponse(headers={**headers, "content-type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        request.transport.close()
         return response
 
     async def _wait_for_client_to_leave(self, request: web.Request) -> None:

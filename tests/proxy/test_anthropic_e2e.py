@@ -410,6 +410,31 @@ def test_disconnect_cancels_upstream_and_records_partial_usage(gateway, fake, ma
     assert event.error == "client disconnected"
 
 
+def test_a_json_answer_cut_short_is_a_502_never_a_truncated_200(gateway, fake, make_key, recorded):
+    secret = make_key()
+    fake.enqueue(fu.drop_after(input_tokens=21))
+    body = {"model": MODEL, "max_tokens": 5, "messages": MESSAGES}
+    response = httpx.post(gateway.url + "/v1/messages", headers={"x-api-key": secret}, json=body)
+    assert response.status_code == 502
+    assert response.json()["type"] == "error"
+    assert "broke mid-answer" in response.json()["error"]["message"]
+    (event,) = recorded(1)
+    assert event.partial and "broke" in event.error
+
+
+def test_a_json_answer_goes_out_whole_with_its_length(gateway, fake, make_key, recorded):
+    secret = make_key()
+    fake.enqueue(fu.text("all of it", input_tokens=8, output_tokens=3))
+    body = {"model": MODEL, "max_tokens": 5, "messages": MESSAGES}
+    response = httpx.post(gateway.url + "/v1/messages", headers={"x-api-key": secret}, json=body)
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert "transfer-encoding" not in response.headers
+    assert response.json()["content"][0]["text"] == "all of it"
+    (event,) = recorded(1)
+    assert not event.partial and (event.input_tokens, event.output_tokens) == (8, 3)
+
+
 def test_a_connection_cut_mid_stream_becomes_an_sse_error_event(gateway, fake, make_key, recorded):
     secret = make_key()
     fake.enqueue(fu.drop_after(events=3, input_tokens=21))
