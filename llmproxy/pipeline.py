@@ -182,10 +182,8 @@ class Exchange:
         provider: ProviderInfo,
         upstream_model: str,
         price,
-        data: dict,
     ) -> None:
         self.incoming = incoming
-        self.data = data
         self.protocol = protocol
         self.endpoint = endpoint
         self.policy = policy
@@ -218,12 +216,15 @@ class Exchange:
         # Identity encoding: the taps read the bytes they relay.
         headers.append((b"accept-encoding", b"identity"))
         body = self.incoming.body
-        changed = protocol.rewrite(self.endpoint, self.data, self.info)
-        if self.upstream_model != self.info.model:
-            self.data["model"] = self.upstream_model
-            changed = True
-        if changed:  # only then re-serialize; otherwise the client's bytes go up unchanged
-            body = orjson.dumps(self.data)
+        renamed = self.upstream_model != self.info.model
+        if renamed or protocol.rewrites(self.endpoint, self.info):
+            # Only then is the whole body parsed and re-serialized; otherwise the client's
+            # bytes go up unchanged.
+            data = parse_json_object(body)
+            protocol.rewrite(self.endpoint, data, self.info)
+            if renamed:
+                data["model"] = self.upstream_model
+            body = orjson.dumps(data)
         return url, headers, body
 
     async def admit(self) -> None:
@@ -448,14 +449,11 @@ async def admit_and_forward(exchange: Exchange) -> Reply:
 async def prepare(incoming: Incoming, protocol: Protocol, endpoint: Endpoint) -> Exchange:
     """Authenticate, read and authorize the request, and pick its provider."""
     policy = await authenticate(incoming)
-    data = parse_json_object(incoming.body)
-    info = protocol.inspect(endpoint, data, incoming.headers)
+    info = protocol.inspect(endpoint, protocol.read(incoming.body), incoming.headers)
     authorize(policy, protocol, endpoint, info)
     catalog = await policies.catalog()
     provider, upstream_model, price = route(catalog, protocol, policy, info.model)
-    return Exchange(
-        incoming, protocol, endpoint, policy, info, provider, upstream_model, price, data
-    )
+    return Exchange(incoming, protocol, endpoint, policy, info, provider, upstream_model, price)
 
 
 async def list_models(incoming: Incoming, protocol: Protocol) -> Reply:

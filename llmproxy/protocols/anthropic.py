@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 
 from llmproxy.errors import ErrorKind, ProxyError
 from llmproxy.policy import ProviderInfo
 from llmproxy.protocols.base import (
+    UNSET,
     Endpoint,
     Headers,
     JsonBodyTap,
@@ -41,6 +43,20 @@ CLIENT_TOOL_TYPES = ("custom", "bash_", "text_editor_", "computer_", "memory_")
 
 MESSAGES = Endpoint("/v1/messages")
 COUNT_TOKENS = Endpoint("/v1/messages/count_tokens", kind="count", billed=False)
+
+
+class _ToolView(msgspec.Struct):
+    type: Any = UNSET
+
+
+class _RequestView(msgspec.Struct):
+    """What ``Anthropic.inspect`` reads from a Messages request; the rest is skipped."""
+
+    model: Any = UNSET
+    stream: Any = UNSET
+    max_tokens: Any = UNSET
+    tools: list[_ToolView] | None = UNSET
+    mcp_servers: Any = UNSET
 
 
 def hosted_tools(data: dict) -> list[str]:
@@ -155,6 +171,7 @@ class Anthropic(Protocol):
         {b"content-type", b"request-id", b"x-request-id", b"retry-after", b"x-should-retry"}
     )
     response_header_prefixes = (b"anthropic-ratelimit-", b"x-ratelimit-")
+    view = msgspec.json.Decoder(_RequestView)
 
     def inspect(self, endpoint: Endpoint, data: dict, headers: Headers) -> RequestInfo:
         model = require_model(data)

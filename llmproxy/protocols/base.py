@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 
 from billing.usage import Usage
@@ -94,6 +95,27 @@ class JsonBodyTap(Tap):
             self._read_usage(self, body)
 
 
+# A field the request view leaves out when the body does not have it, so the view reads like
+# the parsed body: ``view.get(name)`` is None for a missing field either way.
+UNSET: Any = msgspec.UNSET
+
+
+def read_view(decoder: msgspec.json.Decoder | None, body: bytes) -> dict[str, Any]:
+    """The request fields the gateway reads, without building the rest of the body.
+
+    A Claude Code request is ~80 KB of messages, system prompt and tool descriptions that the
+    gateway forwards untouched; a typed decoder skips them without making Python objects
+    (~5x faster than parsing it all). Anything the view cannot take as declared (an odd
+    shape, bad JSON) goes through the full parse, which keeps its exact errors and leniency.
+    """
+    if decoder is not None and body:
+        try:
+            return msgspec.to_builtins(decoder.decode(body))
+        except msgspec.DecodeError:  # ValidationError included
+            pass
+    return parse_json_object(body)
+
+
 def parse_json_object(body: bytes) -> dict[str, Any]:
     if not body:
         raise ProxyError(
@@ -121,7 +143,7 @@ def optional_int(data: dict, name: str) -> int | None:
     value = data.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
         raise ProxyError(ErrorKind.INVALID_REQUEST, f"{name}: expected a non-negative integer.")
     return value
 
@@ -157,9 +179,18 @@ class Protocol:
         """Headers the upstream needs when the client did not send them."""
         return []
 
-    def rewrite(self, endpoint: Endpoint, data: dict, info: RequestInfo) -> bool:
-        """Change the request body the gateway forwards (in place); True when it did."""
+    # Decodes the fields ``inspect`` reads (see ``read_view``); None: parse the whole body.
+    view: msgspec.json.Decoder | None = None
+
+    def read(self, body: bytes) -> dict[str, Any]:
+        return read_view(self.view, body)
+
+    def rewrites(self, endpoint: Endpoint, info: RequestInfo) -> bool:
+        """Will ``rewrite`` change this request's body? Only then is the body parsed whole."""
         return False
+
+    def rewrite(self, endpoint: Endpoint, data: dict, info: RequestInfo) -> None:
+        """Change the request body the gateway forwards (the whole parsed body, in place)."""
 
     def error_body(self, error: ProxyError) -> bytes:
         raise NotImplementedError

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 
 from llmproxy.errors import ErrorKind, ProxyError
 from llmproxy.policy import ProviderInfo
 from llmproxy.protocols.base import (
+    UNSET,
     Endpoint,
     Headers,
     JsonBodyTap,
@@ -59,6 +61,30 @@ CALL_ITEMS = {
 RESPONSES = Endpoint("/v1/responses")
 COMPACT = Endpoint("/v1/responses/compact", kind="compaction")
 CHAT = Endpoint("/v1/chat/completions")
+
+
+class _ToolView(msgspec.Struct):
+    type: Any = UNSET
+    container: Any = UNSET
+
+
+class _ItemView(msgspec.Struct):
+    type: Any = UNSET
+
+
+class _RequestView(msgspec.Struct):
+    """What ``OpenAI.inspect`` reads from a Responses or chat request; the rest is skipped."""
+
+    model: Any = UNSET
+    stream: Any = UNSET
+    max_output_tokens: Any = UNSET
+    max_completion_tokens: Any = UNSET
+    max_tokens: Any = UNSET
+    tools: list[_ToolView] | None = UNSET
+    input: list[_ItemView] | str | None = UNSET
+    background: Any = UNSET
+    stream_options: Any = UNSET
+    tool_choice: Any = UNSET
 
 
 def hosted_tools(data: dict) -> tuple[list[str], str]:
@@ -273,6 +299,7 @@ class OpenAI(Protocol):
         }
     )
     response_header_prefixes = (b"x-ratelimit-", b"x-codex-")
+    view = msgspec.json.Decoder(_RequestView)
 
     def inspect(self, endpoint: Endpoint, data: dict, headers: Headers) -> RequestInfo:
         model = require_model(data)
@@ -302,21 +329,22 @@ class OpenAI(Protocol):
             forced_tool=forced_tool(data),
         )
 
-    def rewrite(self, endpoint: Endpoint, data: dict, info: RequestInfo) -> bool:
-        changed = False
+    def rewrites(self, endpoint: Endpoint, info: RequestInfo) -> bool:
+        return bool(info.removed_tools) or (
+            endpoint is CHAT and info.stream and not info.include_usage
+        )
+
+    def rewrite(self, endpoint: Endpoint, data: dict, info: RequestInfo) -> None:
         if info.removed_tools:
             refused = set(info.removed_tools)
             data["tools"] = [
                 t for t in data["tools"] if not (isinstance(t, dict) and t.get("type") in refused)
             ]
-            changed = True
         if endpoint is CHAT and info.stream and not info.include_usage:
             # Ask for usage so the call can be priced; ChatStreamTap drops the extra chunk.
             options = data.get("stream_options")
             data["stream_options"] = {**(options if isinstance(options, dict) else {})}
             data["stream_options"]["include_usage"] = True
-            changed = True
-        return changed
 
     def tap(self, streaming: bool, info: RequestInfo, endpoint: Endpoint) -> Tap:
         if endpoint is CHAT:
