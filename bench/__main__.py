@@ -136,39 +136,70 @@ def responses_body(small: bool) -> bytes:
     return json.dumps(body).encode()
 
 
+# Requests per row by concurrency. The concurrency-1 rows measure per-request overhead, so
+# they get enough requests for a stable median.
+COUNTS = {1: 2000, 16: 1500, 64: 3000}
+QUICK_COUNTS = {1: 100, 16: 300, 64: 600}
+WARMUP = 500  # requests through each target before the first row, not measured
+
+
+ROUNDS = 5
+
+
+async def interleaved(targets: dict, concurrency: int, requests: int) -> dict[str, load.Result]:
+    """Run the targets of one row in alternating rounds, so that the machine's drift during
+    the row (other tenants, clock changes) falls on every target alike, not on one.
+
+    ``targets``: name -> (runner, url, headers, payload).
+    """
+    parts: dict[str, list[load.Result]] = {name: [] for name in targets}
+    for _ in range(ROUNDS):
+        for name, (run, url, headers, payload) in targets.items():
+            result = await run(url, headers, payload, concurrency=concurrency,
+                               requests=max(1, requests // ROUNDS))  # fmt: skip
+            parts[name].append(result)
+    return {name: load.merge(results) for name, results in parts.items()}
+
+
 def scenarios(quick: bool):
-    counts = {1: 300, 16: 1500, 64: 3000} if not quick else {1: 100, 16: 300, 64: 600}
+    counts = COUNTS if not quick else QUICK_COUNTS
     for stream in (False, True):
         for concurrency, requests in counts.items():
             yield stream, concurrency, requests
 
 
+async def warm_up(stack: Stack, secret: str, small: bool) -> None:
+    """Every process serves a few hundred requests before anything is measured."""
+    body, _ = request_body(False, small)
+    common = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
+    for url, credential in (
+        (stack.fake_url, {"x-api-key": UPSTREAM_KEY}),
+        (stack.floor_url, {}),
+        (stack.gateway_url, {"x-api-key": secret}),
+    ):
+        await load.run(url + "/v1/messages?beta=true", {**common, **credential}, body,
+                       concurrency=1, requests=WARMUP)  # fmt: skip
+
+
 async def measure(stack: Stack, secret: str, quick: bool, small: bool) -> list[dict]:
     rows = []
+    if not quick:
+        await warm_up(stack, secret, small)
     for stream, concurrency, requests in scenarios(quick):
         body, _ = request_body(stream, small)
         common = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
-        direct = await load.run(
-            stack.fake_url + "/v1/messages?beta=true",
-            {**common, "x-api-key": UPSTREAM_KEY},
-            body,
-            concurrency=concurrency,
-            requests=requests,
-        )
-        floor = await load.run(
-            stack.floor_url + "/v1/messages?beta=true",
-            common,
-            body,
-            concurrency=concurrency,
-            requests=requests,
-        )
-        gateway = await load.run(
-            stack.gateway_url + "/v1/messages?beta=true",
-            {**common, "x-api-key": secret},
-            body,
-            concurrency=concurrency,
-            requests=requests,
-        )
+        url = "/v1/messages?beta=true"
+        measured = await interleaved(
+            {
+                "direct": (load.run, stack.fake_url + url,
+                           {**common, "x-api-key": UPSTREAM_KEY}, body),
+                "floor": (load.run, stack.floor_url + url, common, body),
+                "gateway": (load.run, stack.gateway_url + url,
+                            {**common, "x-api-key": secret}, body),
+            },
+            concurrency, requests,
+        )  # fmt: skip
+        direct, floor, gateway = measured["direct"], measured["floor"], measured["gateway"]
         row = {
             "path": "/v1/messages " + ("stream" if stream else "non-stream"),
             "concurrency": concurrency,
@@ -197,25 +228,25 @@ async def measure_responses(stack: Stack, secret: str, quick: bool, small: bool)
     rows = []
     body = responses_body(small)
     frame = json.dumps({"type": "response.create", **json.loads(body)}).encode()
-    counts = {1: 300, 16: 1500, 64: 3000} if not quick else {1: 100, 16: 300, 64: 600}
+    counts = COUNTS if not quick else QUICK_COUNTS
     for concurrency, requests in counts.items():
         for path, run in (
             ("/v1/responses stream", load.run),
             ("/v1/responses websocket", load.run_websocket),
         ):
             payload = body if run is load.run else frame
-            kwargs = {"concurrency": concurrency, "requests": requests}
             base = stack.fake_url if run is load.run else stack.fake_url.replace("http", "ws", 1)
             gate = base.replace(stack.fake_url.split("//")[1], stack.gateway_url.split("//")[1])
-            direct = await run(
-                base + "/v1/responses",
-                {"authorization": f"Bearer {UPSTREAM_KEY}"},
-                payload,
-                **kwargs,
-            )
-            gateway = await run(
-                gate + "/v1/responses", {"authorization": f"Bearer {secret}"}, payload, **kwargs
-            )
+            measured = await interleaved(
+                {
+                    "direct": (run, base + "/v1/responses",
+                               {"authorization": f"Bearer {UPSTREAM_KEY}"}, payload),
+                    "gateway": (run, gate + "/v1/responses",
+                                {"authorization": f"Bearer {secret}"}, payload),
+                },
+                concurrency, requests,
+            )  # fmt: skip
+            direct, gateway = measured["direct"], measured["gateway"]
             row = {"path": path, "concurrency": concurrency,
                    "direct": direct.summary(), "gateway": gateway.summary()}  # fmt: skip
             row["overhead_p50_ms"] = round(

@@ -45,6 +45,17 @@ class Result:
         }
 
 
+def merge(results: list[Result]) -> Result:
+    """One result from several runs of the same target (the rounds of an interleaved row)."""
+    return Result(
+        requests=sum(r.requests for r in results),
+        errors=sum(r.errors for r in results),
+        seconds=sum(r.seconds for r in results),
+        latencies=[x for r in results for x in r.latencies],
+        first_bytes=[x for r in results for x in r.first_bytes],
+    )
+
+
 async def run(
     url: str, headers: dict, body: bytes, *, concurrency: int, requests: int, warmup: int = 20
 ) -> Result:
@@ -98,23 +109,31 @@ async def run_websocket(
         errors = 0
         remaining = requests
 
-        async def worker(count_warmup: bool) -> None:
-            nonlocal remaining, errors
-            async with session.ws_connect(url, headers=headers, max_msg_size=0) as socket:
-                for _ in range(warmup if count_warmup else 0):
-                    await _turn(socket, frame)
-                while remaining > 0:
-                    remaining -= 1
-                    ok, latency, first = await _turn(socket, frame)
-                    if ok:
-                        latencies.append(latency)
-                        first_bytes.append(first)
-                    else:
-                        errors += 1
+        async def connect():
+            socket = await session.ws_connect(url, headers=headers, max_msg_size=0)
+            for _ in range(warmup):
+                await _turn(socket, frame)
+            return socket
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(True) for _ in range(concurrency)))
-        seconds = time.perf_counter() - started
+        async def worker(socket) -> None:
+            nonlocal remaining, errors
+            while remaining > 0:
+                remaining -= 1
+                ok, latency, first = await _turn(socket, frame)
+                if ok:
+                    latencies.append(latency)
+                    first_bytes.append(first)
+                else:
+                    errors += 1
+
+        # Connecting and warming up are not part of the measured time.
+        sockets = await asyncio.gather(*(connect() for _ in range(concurrency)))
+        try:
+            started = time.perf_counter()
+            await asyncio.gather(*(worker(socket) for socket in sockets))
+            seconds = time.perf_counter() - started
+        finally:
+            await asyncio.gather(*(socket.close() for socket in sockets))
     return Result(len(latencies), errors, seconds, latencies, first_bytes)
 
 
