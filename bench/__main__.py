@@ -78,10 +78,11 @@ class Stack:
         self.gateway_url = f"http://127.0.0.1:{free_port()}"
         self.floor_url = f"http://127.0.0.1:{free_port()}"
 
-    def spawn(self, *argv: str, env: dict | None = None) -> None:
+    def spawn(self, *argv: str, env: dict | None = None) -> subprocess.Popen:
         process = subprocess.Popen(argv, cwd=ROOT, env=env or self.env, stdout=subprocess.DEVNULL)
         self.stack.callback(process.wait, 10)
         self.stack.callback(process.terminate)
+        return process
 
     def manage(self, *argv: str) -> str:
         return subprocess.run(
@@ -103,7 +104,7 @@ class Stack:
                         "--base-url", self.fake_url, "--api-key", UPSTREAM_KEY)  # fmt: skip
         secret = self.manage("createkey", "bench").strip().splitlines()[-1]
         port = self.gateway_url.rsplit(":", 1)[1]
-        self.spawn(
+        self.gateway_pid = self.spawn(
             sys.executable,
             "-m",
             "uvicorn",
@@ -117,10 +118,12 @@ class Stack:
             "--no-access-log",
             "--log-level",
             "warning",
-        )
+        ).pid
         floor_env = {**self.env, "UPSTREAM": self.fake_url, "UPSTREAM_KEY": UPSTREAM_KEY}
-        self.spawn(sys.executable, "-m", "bench.floor", self.floor_url.rsplit(":", 1)[1],
-                   env=floor_env)  # fmt: skip
+        floor_port = self.floor_url.rsplit(":", 1)[1]
+        self.floor_pid = self.spawn(
+            sys.executable, "-m", "bench.floor", floor_port, env=floor_env
+        ).pid
         for url in (self.fake_url, self.gateway_url, self.floor_url):
             wait_until_up(url)
         return secret
@@ -144,6 +147,24 @@ WARMUP = 500  # requests through each target before the first row, not measured
 
 
 ROUNDS = 5
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def cpu_per_request_us(before: float | None, pid: int | None, served: int) -> float | None:
+    """CPU a process spent per request it served: wall-clock noise does not enter."""
+    after = cpu_seconds(pid)
+    if before is None or after is None or not served:
+        return None
+    return round((after - before) / served * 1e6)
 
 
 async def interleaved(targets: dict, concurrency: int, requests: int) -> dict[str, load.Result]:
@@ -189,6 +210,7 @@ async def measure(stack: Stack, secret: str, quick: bool, small: bool) -> list[d
         body, _ = request_body(stream, small)
         common = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
         url = "/v1/messages?beta=true"
+        cpu = {"gateway": cpu_seconds(stack.gateway_pid), "floor": cpu_seconds(stack.floor_pid)}
         measured = await interleaved(
             {
                 "direct": (load.run, stack.fake_url + url,
@@ -200,6 +222,7 @@ async def measure(stack: Stack, secret: str, quick: bool, small: bool) -> list[d
             concurrency, requests,
         )  # fmt: skip
         direct, floor, gateway = measured["direct"], measured["floor"], measured["gateway"]
+        served = gateway.requests + gateway.errors + ROUNDS * load.WARMUP
         row = {
             "path": "/v1/messages " + ("stream" if stream else "non-stream"),
             "concurrency": concurrency,
@@ -213,6 +236,8 @@ async def measure(stack: Stack, secret: str, quick: bool, small: bool) -> list[d
             row["gateway"]["ttfb_p50_ms"] - row["direct"]["ttfb_p50_ms"], 3
         )
         row["rps_ratio"] = round(gateway.rps / direct.rps, 3) if direct.rps else None
+        row["gateway_cpu_us"] = cpu_per_request_us(cpu["gateway"], stack.gateway_pid, served)
+        row["floor_cpu_us"] = cpu_per_request_us(cpu["floor"], stack.floor_pid, served)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     rows += await measure_responses(stack, secret, quick, small)
@@ -237,6 +262,7 @@ async def measure_responses(stack: Stack, secret: str, quick: bool, small: bool)
             payload = body if run is load.run else frame
             base = stack.fake_url if run is load.run else stack.fake_url.replace("http", "ws", 1)
             gate = base.replace(stack.fake_url.split("//")[1], stack.gateway_url.split("//")[1])
+            before = cpu_seconds(stack.gateway_pid)
             measured = await interleaved(
                 {
                     "direct": (run, base + "/v1/responses",
@@ -257,6 +283,10 @@ async def measure_responses(stack: Stack, secret: str, quick: bool, small: bool)
             )
             row["floor_p50_ms"] = None
             row["rps_ratio"] = round(gateway.rps / direct.rps, 3) if direct.rps else None
+            warmup = load.WARMUP if run is load.run else load.WS_WARMUP * concurrency
+            served = gateway.requests + gateway.errors + ROUNDS * warmup
+            row["gateway_cpu_us"] = cpu_per_request_us(before, stack.gateway_pid, served)
+            row["floor_cpu_us"] = None
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
@@ -281,8 +311,9 @@ def markdown(rows: list[dict], command: str, source: str) -> str:
         "- mode: " + ("scaled" if os.environ.get("REDIS_URL") else "embedded"),
         "",
         "| path | conc. | direct rps | gateway rps | ratio | direct p50 / p99 ms "
-        "| gateway p50 / p99 ms | gateway +p50 ms | bare-hop +p50 ms | +TTFB p50 ms | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gateway p50 / p99 ms | gateway +p50 ms | bare-hop +p50 ms | +TTFB p50 ms "
+        "| gateway / bare-hop CPU µs per request | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         d, g = row["direct"], row["gateway"]
@@ -290,7 +321,8 @@ def markdown(rows: list[dict], command: str, source: str) -> str:
             f"| {row['path']} | {row['concurrency']} | {d['rps']} | {g['rps']} | "
             f"{row['rps_ratio']} | {d['p50_ms']} / {d['p99_ms']} | {g['p50_ms']} / {g['p99_ms']} | "
             f"{row['overhead_p50_ms']} | {row['floor_p50_ms']} | "
-            f"{row['overhead_ttfb_p50_ms']} | {d['errors']}/{g['errors']} |"
+            f"{row['overhead_ttfb_p50_ms']} | {row['gateway_cpu_us']} / {row['floor_cpu_us']} | "
+            f"{d['errors']}/{g['errors']} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -56,8 +56,12 @@ def merge(results: list[Result]) -> Result:
     )
 
 
+WARMUP = 20  # unmeasured requests at the start of each run
+WS_WARMUP = 5  # unmeasured turns per websocket
+
+
 async def run(
-    url: str, headers: dict, body: bytes, *, concurrency: int, requests: int, warmup: int = 20
+    url: str, headers: dict, body: bytes, *, concurrency: int, requests: int, warmup: int = WARMUP
 ) -> Result:
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -100,8 +104,9 @@ async def _one(session, url, headers, body) -> tuple[bool, float, float]:
 
 
 async def run_websocket(
-    url: str, headers: dict, frame: bytes, *, concurrency: int, requests: int, warmup: int = 5
-) -> Result:
+    url: str, headers: dict, frame: bytes, *, concurrency: int, requests: int,
+    warmup: int = WS_WARMUP,
+) -> Result:  # fmt: skip
     """Each worker holds one socket and sends its next response.create when one completes."""
     async with aiohttp.ClientSession() as session:
         latencies: list[float] = []
