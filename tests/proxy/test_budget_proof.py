@@ -16,8 +16,9 @@ import pytest
 from accounts import services as key_services
 from accounts.models import Team
 from billing.models import UsageEvent
+from llmproxy.testing import fake_openai as fo
 from llmproxy.testing import fake_provider as fu
-from tests.fixtures import MODEL
+from tests.fixtures import MODEL, OPENAI_MODEL
 
 pytestmark = pytest.mark.e2e
 
@@ -89,6 +90,55 @@ def test_a_team_budget_shared_by_several_keys(gateway, fake, make_key, recorded)
     assert 1 <= admitted <= 10
     spent_by_key = {e.api_key_id for e in UsageEvent.objects.all()}
     assert len(spent_by_key) >= 1
+
+
+# Codex's protocol: the same promise, refusals as OpenAI's 429 insufficient_quota.
+RESPONSES_BODY = orjson.dumps(
+    {"model": OPENAI_MODEL, "max_output_tokens": MAX_TOKENS, "stream": True,
+     "input": [{"role": "user", "content": "spend a little"}]}
+)  # fmt: skip
+RESPONSES_PROMPT = len(RESPONSES_BODY) // 3
+# Worst case at the gpt-test price: prompt at $1.25 (no cache-write rate), output at $10.
+RESPONSES_RESERVATION = (
+    Decimal(RESPONSES_PROMPT) * Decimal("1.25") + Decimal(MAX_TOKENS * 10)
+) / Decimal(1_000_000)
+
+
+async def fire_responses(gateway, secret: str, count: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=count)
+    headers = {"authorization": f"Bearer {secret}", "content-type": "application/json"}
+    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+        return await asyncio.gather(
+            *(
+                http.post(gateway.url + "/v1/responses", content=RESPONSES_BODY, headers=headers)
+                for _ in range(count)
+            )
+        )
+
+
+def test_200_concurrent_codex_requests_against_a_key_that_pays_for_10(
+    gateway, fake, make_openai_key, recorded
+):
+    fake.set_default(
+        fo.response("ok", input_tokens=RESPONSES_PROMPT, output_tokens=MAX_TOKENS, chunks=5,
+                    delay=0.02)
+    )  # fmt: skip
+    budget = RESPONSES_RESERVATION * 10
+    secret = make_openai_key(budget_usd=budget, budget_period="day")
+    responses = asyncio.run(fire_responses(gateway, secret, 200))
+    admitted = [r for r in responses if r.status_code == 200]
+    for response in responses:
+        if response.status_code != 200:
+            assert response.status_code == 429, response.text
+            assert response.json()["error"]["code"] == "insufficient_quota"
+            assert response.headers["x-should-retry"] == "false"
+    assert 1 <= len(admitted) <= 10
+    for response in admitted:
+        assert "event: response.completed" in response.text
+    spent = sum((e.cost_usd for e in recorded(len(admitted))), Decimal(0))
+    assert spent <= budget
+    if len(admitted) == 10:
+        assert spent == budget  # every admitted call cost exactly its reservation
 
 
 def test_a_slow_upstream_holds_its_reservations_while_others_arrive(
