@@ -23,7 +23,7 @@ class ProviderForm(forms.ModelForm):
 
     class Meta:
         model = Provider
-        fields = ["name", "kind", "base_url", "api_key", "extra_headers", "enabled"]
+        fields = ["name", "kind", "base_url", "api_key", "extra_headers", "websockets", "enabled"]
 
     def clean(self):
         cleaned = super().clean()

@@ -23,6 +23,12 @@ class Provider(models.Model):
     extra_headers = models.JSONField(
         default=dict, blank=True, help_text="Headers added to every upstream request."
     )
+    websockets = models.BooleanField(
+        default=False,
+        help_text="OpenAI kind only: the provider serves the Responses API over a websocket at "
+        "GET {base URL}/v1/responses (OpenAI's does). Codex's websocket sessions then hold one "
+        "upstream socket each; otherwise each turn is bridged to HTTP streaming.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

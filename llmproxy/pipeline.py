@@ -169,6 +169,21 @@ def client_name(incoming: Incoming) -> str:
     return agent.split(b"/", 1)[0].decode("latin-1")[:40] or "unknown"
 
 
+def upstream_headers(protocol: Protocol, provider: ProviderInfo, client: Headers) -> Headers:
+    """The client's headers by allow-list, the protocol's defaults, the provider's credential.
+
+    The client's own credential is never among them: it is not on any allow-list.
+    """
+    headers = upstream.pick_headers(
+        client, protocol.request_headers, protocol.request_header_prefixes
+    )
+    present = {name for name, _ in headers}
+    headers += [h for h in protocol.default_headers() if h[0] not in present]
+    headers += [(k.encode(), v.encode()) for k, v in provider.extra_headers]
+    headers += protocol.credential_headers(provider)
+    return headers
+
+
 class Exchange:
     """One upstream call: what it needs to forward, relay and settle."""
 
@@ -206,13 +221,7 @@ class Exchange:
         url = provider.base_url + self.endpoint.upstream_path
         if self.incoming.query:
             url += "?" + self.incoming.query.decode("latin-1")
-        headers = upstream.pick_headers(
-            self.incoming.headers, protocol.request_headers, protocol.request_header_prefixes
-        )
-        present = {name for name, _ in headers}
-        headers += [h for h in protocol.default_headers() if h[0] not in present]
-        headers += [(k.encode(), v.encode()) for k, v in provider.extra_headers]
-        headers += protocol.credential_headers(provider)
+        headers = upstream_headers(protocol, provider, self.incoming.headers)
         # Identity encoding: the taps read the bytes they relay.
         headers.append((b"accept-encoding", b"identity"))
         body = self.incoming.body

@@ -80,6 +80,7 @@ class ProviderInfo:
     base_url: str
     credential: str = field(repr=False)
     extra_headers: tuple[tuple[str, str], ...] = ()
+    websockets: bool = False  # serves GET /v1/responses as a websocket
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ def load_catalog() -> Catalog:
             base_url=row.base_url.rstrip("/"),
             credential=row.credential,
             extra_headers=tuple((str(k), str(v)) for k, v in (row.extra_headers or {}).items()),
+            websockets=row.websockets,
         )
         for row in Provider.objects.filter(enabled=True).order_by("pk")
     }

@@ -16,6 +16,7 @@ def upsert_provider(
     credential: str,
     model_patterns: list[str] | None = None,
     extra_headers: dict | None = None,
+    websockets: bool | None = None,
 ) -> tuple[Provider, bool]:
     """Create the provider or update it in place; routes for ``model_patterns`` are added."""
     provider = Provider.objects.filter(name=name).first()
@@ -27,6 +28,8 @@ def upsert_provider(
     provider.credential = credential
     if extra_headers is not None:
         provider.extra_headers = extra_headers
+    if websockets is not None:
+        provider.websockets = websockets
     provider.save()
     for pattern in model_patterns or []:
         ModelRoute.objects.get_or_create(provider=provider, pattern=pattern)

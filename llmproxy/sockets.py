@@ -1,12 +1,17 @@
 """The Responses API over a websocket, as Codex uses it (``GET /v1/responses`` upgraded).
 
 The key is checked at the upgrade; then every ``response.create`` frame runs through the same
-pipeline as an HTTP request (authorize, admit, forward, settle) and is bridged to the
-provider's HTTP SSE endpoint. Each SSE event's JSON goes back as one text frame, unchanged.
+pipeline as an HTTP request (authenticate, authorize, admit, settle), one frame at a time.
 
-Codex sends ``previous_response_id`` with only the new input items even with
-``store: false``; the provider keeps nothing, so this connection keeps each response's full
-input and output and expands the next frame to the whole history before forwarding it.
+Where the provider serves Responses over a websocket itself (``Provider.websockets``), this
+connection holds one upstream socket per provider and relays frames both ways unchanged;
+the provider keeps the connection's state, so ``previous_response_id`` with incremental
+input works as it does directly. Otherwise (or when that upstream socket cannot be opened)
+each frame is bridged to the provider's HTTP SSE endpoint and each SSE event's JSON goes back
+as one text frame, unchanged. Codex sends ``previous_response_id`` with only the new input
+items even with ``store: false``; over HTTP the provider keeps nothing, so this connection
+keeps each response's full input and output and expands the next frame to the whole history
+before forwarding it.
 """
 
 from __future__ import annotations
@@ -14,21 +19,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 
+import aiohttp
 import orjson
 from channels.consumer import AsyncConsumer
 from django.conf import settings
 
-from llmproxy import pipeline
+from llmproxy import pipeline, upstream
 from llmproxy.errors import ErrorKind, ProxyError
 from llmproxy.ids import new_id
+from llmproxy.policy import ProviderInfo, policies
 from llmproxy.protocols import openai
 from llmproxy.protocols.sse import SSESplitter
 
 log = logging.getLogger(__name__)
 
 TERMINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+# Events after which an upstream websocket has finished one response.create.
+FINISHED = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 HISTORY_KEPT = 8  # responses remembered per connection for previous_response_id
 
 
@@ -55,6 +65,14 @@ class History:
             self._items.popitem(last=False)
 
 
+def _event_type(text: str) -> str | None:
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return event.get("type") if isinstance(event, dict) else None
+
+
 def error_frame(error: ProxyError) -> dict:
     return {
         "type": "error",
@@ -68,6 +86,8 @@ class ResponsesSocket(AsyncConsumer):
         self.scope = scope
         self.base_send = send
         self.history = History()
+        self.upstreams: dict[int, aiohttp.ClientWebSocketResponse] = {}  # by provider id
+        self.bridged: set[int] = set()  # providers whose websocket could not be opened
         if (await receive())["type"] != "websocket.connect":
             return
         if not settings.LLMPROXY_WEBSOCKETS:
@@ -98,6 +118,8 @@ class ResponsesSocket(AsyncConsumer):
             worker.cancel()  # a response still streaming is cancelled and settled as partial
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+            for socket in self.upstreams.values():
+                await socket.close()
 
     async def _refuse_upgrade(self, scope, send) -> None:
         """426: Codex falls back to HTTP at once (anything else costs it retries)."""
@@ -137,6 +159,9 @@ class ResponsesSocket(AsyncConsumer):
                 ErrorKind.INVALID_REQUEST, 'Each frame must be {"type": "response.create", ...}.'
             )
         body = {k: v for k, v in frame.items() if k not in ("type", "generate")}
+        provider = await self._websocket_provider(body)
+        if provider is not None and await self._through_upstream_socket(provider, frame, body):
+            return
         if frame.get("generate") is False:
             await self._warm_up(body)
             return
@@ -147,6 +172,95 @@ class ResponsesSocket(AsyncConsumer):
         )
         reply = await pipeline.handle(incoming, openai.PROTOCOL, openai.RESPONSES)
         await self._relay(reply, body)
+
+    # --- the provider's own websocket ---------------------------------------------------------
+
+    async def _websocket_provider(self, body: dict) -> ProviderInfo | None:
+        """The provider of this frame's model, if it takes Responses over a websocket."""
+        model = body.get("model")
+        if not isinstance(model, str):
+            return None
+        found = (await policies.catalog()).route(model, openai.PROTOCOL.provider_kind)
+        if found is None or not found[0].websockets or found[0].id in self.bridged:
+            return None
+        return found[0]
+
+    async def _upstream_socket(self, provider: ProviderInfo) -> aiohttp.ClientWebSocketResponse:
+        socket = self.upstreams.get(provider.id)
+        if socket is not None and not socket.closed:
+            return socket
+        url = provider.base_url.replace("http", "ws", 1) + openai.RESPONSES.upstream_path
+        headers = pipeline.upstream_headers(openai.PROTOCOL, provider, self.scope["headers"])
+        async with asyncio.timeout(settings.LLMPROXY_CONNECT_TIMEOUT):
+            socket = await upstream.get().websocket(url, headers)
+        self.upstreams[provider.id] = socket
+        return socket
+
+    async def _through_upstream_socket(
+        self, provider: ProviderInfo, frame: dict, body: dict
+    ) -> bool:
+        """Run one frame over the provider's websocket; False: bridge it to HTTP instead."""
+        incoming = pipeline.Incoming(
+            "POST", "/v1/responses", b"", self.scope["headers"], orjson.dumps(body)
+        )
+        exchange = await pipeline.prepare(incoming, openai.PROTOCOL, openai.RESPONSES)
+        try:
+            socket = await self._upstream_socket(exchange.provider)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning(
+                "provider %r: no Responses websocket (%r); bridging this connection to HTTP",
+                provider.name, exc,
+            )  # fmt: skip
+            self.bridged.add(provider.id)
+            return False
+        warm_up = frame.get("generate") is False
+        if not warm_up:  # a warm-up generates nothing: not admitted, not billed
+            await exchange.admit()
+        outgoing = dict(frame)
+        if exchange.upstream_model != exchange.info.model:
+            outgoing["model"] = exchange.upstream_model
+        if exchange.info.removed_tools:
+            openai.PROTOCOL.rewrite(exchange.endpoint, outgoing, exchange.info)
+        exchange.tap = openai.PROTOCOL.tap(True, exchange.info, exchange.endpoint)
+        status, finished, error = 200, False, ""
+        try:
+            await socket.send_str(orjson.dumps(outgoing).decode())
+            while not finished:
+                message = await socket.receive()
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    status, error = 502, f"provider websocket ended ({message.type.name})"
+                    await self._send_json(
+                        error_frame(
+                            ProxyError(
+                                ErrorKind.UPSTREAM_UNAVAILABLE,
+                                f"The websocket to provider {provider.name!r} closed mid-answer.",
+                            )
+                        )
+                    )
+                    break
+                if exchange.first_byte is None:
+                    exchange.first_byte = time.perf_counter()
+                await self.base_send({"type": "websocket.send", "text": message.data})
+                kind = _event_type(message.data)
+                if kind in FINISHED:
+                    exchange.tap.read_event(message.data.encode())
+                    finished = True
+        except aiohttp.ClientError as exc:
+            status, error = 502, f"provider websocket failed: {type(exc).__name__}"
+            raise ProxyError(
+                ErrorKind.UPSTREAM_UNAVAILABLE,
+                f"The websocket to provider {provider.name!r} failed ({type(exc).__name__}).",
+            ) from None
+        finally:
+            if not finished:
+                # Mid-answer (the client left, or the provider's socket broke): that socket's
+                # state is unknown now, so it is not used again.
+                self.upstreams.pop(provider.id, None)
+                await asyncio.shield(socket.close())
+                error = error or "client disconnected"
+            if not warm_up:
+                await asyncio.shield(exchange.settle(status, partial=not finished, error=error))
+        return True
 
     async def _warm_up(self, body: dict) -> None:
         """``generate: false`` only warms the connection: answered here, never billed."""

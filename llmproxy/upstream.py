@@ -57,6 +57,7 @@ class Upstream:
             trust_env=False,
         )
         self._urls: dict[str, httpx.URL] = {}
+        self._ws_session: aiohttp.ClientSession | None = None
 
     def url(self, text: str) -> httpx.URL:
         # Provider URLs repeat: parse each once (httpx's URL parser is not cheap).
@@ -76,8 +77,24 @@ class Upstream:
         )  # fmt: skip
         return await self.transport.handle_async_request(request)
 
+    async def websocket(
+        self, url: str, headers: list[tuple[bytes, bytes]]
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A websocket to the provider (Responses over websocket); aiohttp errors propagate."""
+        if self._ws_session is None:
+            self._ws_session = _session()
+        return await self._ws_session.ws_connect(
+            url,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
+            timeout=aiohttp.ClientWSTimeout(ws_receive=settings.LLMPROXY_READ_TIMEOUT),
+            max_msg_size=0,  # a response.completed event carries the whole response
+            autoping=True,
+        )
+
     async def aclose(self) -> None:
         await self.client.aclose()  # closes the shared transport too
+        if self._ws_session is not None:
+            await self._ws_session.close()
 
 
 _upstreams = PerLoop(Upstream)

@@ -109,7 +109,7 @@ class ProviderSerializer(serializers.ModelSerializer):
         model = Provider
         fields = [
             "id", "name", "kind", "base_url", "credential", "has_credential", "extra_headers",
-            "enabled", "created_at", "updated_at",
+            "websockets", "enabled", "created_at", "updated_at",
         ]  # fmt: skip
 
     def validate(self, attrs):

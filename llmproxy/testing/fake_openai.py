@@ -241,6 +241,8 @@ class OpenAIRoutes:
     def __init__(self, fake) -> None:
         self.fake = fake
         self.ws_frames: list[dict] = []
+        self.websockets = True  # False: GET /v1/responses is a 404, like a provider without one
+        self.ws_connections = 0
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/responses", self.responses)
@@ -321,6 +323,9 @@ class OpenAIRoutes:
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         await self.fake.record(request)
+        if not self.websockets:
+            raise web.HTTPNotFound()
+        self.ws_connections += 1
         socket = web.WebSocketResponse()
         await socket.prepare(request)
         async for message in socket:
@@ -328,9 +333,12 @@ class OpenAIRoutes:
                 break
             frame = orjson.loads(message.data)
             self.ws_frames.append(frame)
-            reply = self._next(response())
-            if frame.get("generate") is False:
+            if frame.get("generate") is False:  # a warm-up: takes no scripted answer
                 reply = response("", input_tokens=0, output_tokens=0)
-            for event in response_events(reply, str(frame.get("model", "gpt-test"))):
+            else:
+                reply = self._next(response())
+            for index, event in enumerate(response_events(reply, str(frame.get("model", "gpt")))):
+                if reply.delay and index:
+                    await asyncio.sleep(reply.delay)
                 await socket.send_str(orjson.dumps(event).decode())
         return socket

@@ -264,6 +264,9 @@ class FakeProvider:
             self._queue.clear()
             self.requests.clear()
             self.disconnects = 0
+            self.openai.ws_frames.clear()
+            self.openai.websockets = True
+            self.openai.ws_connections = 0
 
     def next_reply(self, fallback):
         with self._lock:

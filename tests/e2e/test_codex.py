@@ -52,10 +52,17 @@ def cost(uncached: int, cached: int, output: int) -> Decimal:
     return (uncached * Decimal(5) + cached * Decimal("0.5") + output * Decimal(30)) / 10**6
 
 
-@pytest.mark.parametrize("websockets", [False, True], ids=["http", "websocket"])
+@pytest.mark.parametrize(
+    ("websockets", "provider_websockets"),
+    [(False, False), (True, False), (True, True)],
+    ids=["http", "websocket-bridged", "websocket-upstream"],
+)
 def test_codex_tool_turn_through_the_gateway(
-    gateway, fake, make_openai_key, codex_price, recorded, tmp_path, sink, websockets
-):
+    gateway, fake, openai_provider, make_openai_key, codex_price, recorded, tmp_path, sink,
+    websockets, provider_websockets,
+):  # fmt: skip
+    openai_provider.websockets = provider_websockets
+    openai_provider.save()
     secret = make_openai_key()
     fake.enqueue(
         fo.function_call(
@@ -75,11 +82,19 @@ def test_codex_tool_turn_through_the_gateway(
     assert run.returncode == 0, run.stderr[-3000:]
     assert "The command printed hi." in agent_text(run)
     posts = [r for r in fake.requests if r.method == "POST"]
-    assert len(posts) == 2
-    outputs = [i for i in posts[1].json["input"] if i.get("type") == "function_call_output"]
+    turns_sent = [r.json for r in posts]
+    if provider_websockets:
+        turns_sent = [f for f in fake.ws_frames if f.get("generate") is not False]
+    assert len(turns_sent) == 2
+    outputs = [i for i in turns_sent[1]["input"] if i.get("type") == "function_call_output"]
     assert outputs and "hi" in outputs[-1]["output"]
     assert_fake_saw_only_the_provider_credential(fake, secret)
-    if websockets:
+    if provider_websockets:
+        # Codex's frames went to the provider's own websocket, unchanged, over one socket.
+        assert gateway.app.requests == [("WEBSOCKET", "/v1/responses")]
+        assert fake.openai.ws_connections == 1 and posts == []
+        assert all(f["type"] == "response.create" for f in fake.ws_frames)
+    elif websockets:
         # Codex talked websocket to the gateway; the gateway bridged to the provider's HTTP.
         assert gateway.app.requests == [("WEBSOCKET", "/v1/responses")]
         assert fake.ws_frames == []

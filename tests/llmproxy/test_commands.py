@@ -148,6 +148,18 @@ def test_addprovider_reads_the_key_from_an_environment_variable(monkeypatch):
         )
 
 
+def test_addprovider_marks_an_openai_provider_as_serving_websockets():
+    common = ["--base-url", "https://api.openai.com", "--api-key", "sk-1"]
+    run("addprovider", "oa", "--kind", "openai", "--websockets", *common)
+    assert Provider.objects.get(name="oa").websockets is True
+    run("addprovider", "oa", "--kind", "openai", *common)  # not given: left as it was
+    assert Provider.objects.get(name="oa").websockets is True
+    run("addprovider", "oa", "--kind", "openai", "--no-websockets", *common)
+    assert Provider.objects.get(name="oa").websockets is False
+    with pytest.raises(CommandError, match="only an openai provider"):
+        run("addprovider", "an", "--kind", "anthropic", "--websockets", *common)
+
+
 def test_addprovider_rejects_a_bad_url():
     with pytest.raises(CommandError, match="not an http"):
         run("addprovider", "x", "--kind", "openai", "--base-url", "ftp://x", "--api-key", "k")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import os
 
 from django.core.exceptions import ValidationError
@@ -24,6 +25,13 @@ class Command(OpsCommand):
             "--api-key-env", metavar="VAR", help="read the API key from this environment variable"
         )
         parser.add_argument("--models", type=comma_list, help="model patterns it serves: a,b*")
+        parser.add_argument(
+            "--websockets",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="the provider serves the Responses API over a websocket (OpenAI does); "
+            "Codex's websocket sessions then go to it directly instead of over HTTP",
+        )
 
     def handle(self, *args, **options):
         try:
@@ -32,6 +40,8 @@ class Command(OpsCommand):
             raise CommandError(
                 f"--base-url is not an http(s) URL: {options['base_url']!r}"
             ) from None
+        if options["websockets"] and options["kind"] != "openai":
+            raise CommandError("--websockets: only an openai provider serves Responses websockets")
         credential = options["api_key"]
         if options["api_key_env"]:
             credential = os.environ.get(options["api_key_env"], "")
@@ -43,6 +53,7 @@ class Command(OpsCommand):
             base_url=options["base_url"],
             credential=credential,
             model_patterns=options["models"],
+            websockets=options["websockets"],
         )
         verb = "Created" if created else "Updated"
         self.stdout.write(f"{verb} provider {provider.name} ({provider.kind}, {provider.base_url})")
