@@ -34,6 +34,7 @@ CODEX_SAMPLE = SAMPLES / "codex_exec_responses_request.json"
 UPSTREAM_KEY = "sk-bench-upstream-credential"
 NOTES_MARKER = "<!-- notes: kept when bench rewrites this file -->"
 MODEL = "claude-haiku-4-5-20251001"
+BRIDGED = "bridge-"  # model prefix routed to the OpenAI provider without a websocket
 
 
 def free_port() -> int:
@@ -99,9 +100,14 @@ class Stack:
         fake_port = self.fake_url.rsplit(":", 1)[1]
         self.spawn(sys.executable, "-m", "llmproxy.testing.fake_provider", "--port", fake_port)
         self.manage("migrate", "-v0")
-        for kind in ("anthropic", "openai"):
-            self.manage("addprovider", f"bench-{kind}", "--kind", kind,
-                        "--base-url", self.fake_url, "--api-key", UPSTREAM_KEY)  # fmt: skip
+        common = ["--base-url", self.fake_url, "--api-key", UPSTREAM_KEY]
+        self.manage("addprovider", "bench-anthropic", "--kind", "anthropic", *common)
+        # Codex's websocket mode goes to the fake's own websocket for gpt-* models, and is
+        # bridged to its HTTP SSE endpoint for bridge-* models (a provider without one).
+        self.manage("addprovider", "bench-openai", "--kind", "openai", "--websockets",
+                    "--models", "gpt-*", *common)  # fmt: skip
+        self.manage("addprovider", "bench-openai-bridge", "--kind", "openai",
+                    "--models", f"{BRIDGED}*", *common)  # fmt: skip
         secret = self.manage("createkey", "bench").strip().splitlines()[-1]
         port = self.gateway_url.rsplit(":", 1)[1]
         self.gateway_pid = self.spawn(
@@ -247,19 +253,23 @@ async def measure(stack: Stack, secret: str, quick: bool, small: bool) -> list[d
 async def measure_responses(stack: Stack, secret: str, quick: bool, small: bool) -> list[dict]:
     """Codex's paths: streaming /v1/responses over HTTP, and the websocket mode.
 
-    Websocket "direct" is the fake provider's own websocket; through the gateway the socket
-    is bridged to the provider's HTTP SSE endpoint, as it is for providers without one.
+    Websocket "direct" is the fake provider's own websocket. Through the gateway the socket
+    goes to that websocket (a provider marked ``websockets``), or is bridged to the provider's
+    HTTP SSE endpoint (a provider without one).
     """
     rows = []
     body = responses_body(small)
     frame = json.dumps({"type": "response.create", **json.loads(body)}).encode()
+    bridged = json.loads(frame)
+    bridged["model"] = BRIDGED + bridged["model"]
+    bridged_frame = json.dumps(bridged).encode()
     counts = COUNTS if not quick else QUICK_COUNTS
     for concurrency, requests in counts.items():
-        for path, run in (
-            ("/v1/responses stream", load.run),
-            ("/v1/responses websocket", load.run_websocket),
+        for path, run, payload, gateway_payload in (
+            ("/v1/responses stream", load.run, body, body),
+            ("/v1/responses websocket", load.run_websocket, frame, frame),
+            ("/v1/responses websocket → HTTP bridge", load.run_websocket, frame, bridged_frame),
         ):
-            payload = body if run is load.run else frame
             base = stack.fake_url if run is load.run else stack.fake_url.replace("http", "ws", 1)
             gate = base.replace(stack.fake_url.split("//")[1], stack.gateway_url.split("//")[1])
             before = cpu_seconds(stack.gateway_pid)
@@ -268,7 +278,7 @@ async def measure_responses(stack: Stack, secret: str, quick: bool, small: bool)
                     "direct": (run, base + "/v1/responses",
                                {"authorization": f"Bearer {UPSTREAM_KEY}"}, payload),
                     "gateway": (run, gate + "/v1/responses",
-                                {"authorization": f"Bearer {secret}"}, payload),
+                                {"authorization": f"Bearer {secret}"}, gateway_payload),
                 },
                 concurrency, requests,
             )  # fmt: skip
