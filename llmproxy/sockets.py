@@ -196,6 +196,16 @@ class ResponsesSocket(AsyncConsumer):
         self.upstreams[provider.id] = socket
         return socket
 
+    async def _resend_on_a_new_socket(
+        self, provider: ProviderInfo, payload: str
+    ) -> aiohttp.ClientWebSocketResponse:
+        stale = self.upstreams.pop(provider.id, None)
+        if stale is not None:
+            await stale.close()
+        socket = await self._upstream_socket(provider)
+        await socket.send_str(payload)
+        return socket
+
     async def _through_upstream_socket(
         self, provider: ProviderInfo, frame: dict, body: dict
     ) -> bool:
@@ -204,6 +214,7 @@ class ResponsesSocket(AsyncConsumer):
             "POST", "/v1/responses", b"", self.scope["headers"], orjson.dumps(body)
         )
         exchange = await pipeline.prepare(incoming, openai.PROTOCOL, openai.RESPONSES)
+        reused = provider.id in self.upstreams
         try:
             socket = await self._upstream_socket(exchange.provider)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -223,10 +234,21 @@ class ResponsesSocket(AsyncConsumer):
             openai.PROTOCOL.rewrite(exchange.endpoint, outgoing, exchange.info)
         exchange.tap = openai.PROTOCOL.tap(True, exchange.info, exchange.endpoint)
         status, finished, error = 200, False, ""
+        payload = orjson.dumps(outgoing).decode()
         try:
-            await socket.send_str(orjson.dumps(outgoing).decode())
+            try:
+                await socket.send_str(payload)
+            except ConnectionError:
+                if not reused:
+                    raise
+                socket, reused = await self._resend_on_a_new_socket(provider, payload), False
             while not finished:
                 message = await socket.receive()
+                if message.type != aiohttp.WSMsgType.TEXT and reused and not exchange.first_byte:
+                    # The provider closed the socket while it sat idle between turns: this
+                    # frame was never answered, so send it once more on a new socket.
+                    socket, reused = await self._resend_on_a_new_socket(provider, payload), False
+                    continue
                 if message.type != aiohttp.WSMsgType.TEXT:
                     status, error = 502, f"provider websocket ended ({message.type.name})"
                     await self._send_json(
@@ -245,7 +267,7 @@ class ResponsesSocket(AsyncConsumer):
                 if kind in FINISHED:
                     exchange.tap.read_event(message.data.encode())
                     finished = True
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
             status, error = 502, f"provider websocket failed: {type(exc).__name__}"
             raise ProxyError(
                 ErrorKind.UPSTREAM_UNAVAILABLE,

@@ -242,6 +242,7 @@ class OpenAIRoutes:
         self.fake = fake
         self.ws_frames: list[dict] = []
         self.websockets = True  # False: GET /v1/responses is a 404, like a provider without one
+        self.ws_one_response = False  # True: close each websocket after one response (idle limit)
         self.ws_connections = 0
 
     def add_to(self, app: web.Application) -> None:
@@ -341,4 +342,6 @@ class OpenAIRoutes:
                 if reply.delay and index:
                     await asyncio.sleep(reply.delay)
                 await socket.send_str(orjson.dumps(event).decode())
+            if self.ws_one_response:
+                await socket.close()
         return socket

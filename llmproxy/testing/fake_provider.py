@@ -267,6 +267,7 @@ class FakeProvider:
             self.openai.ws_frames.clear()
             self.openai.websockets = True
             self.openai.ws_connections = 0
+            self.openai.ws_one_response = False
 
     def next_reply(self, fallback):
         with self._lock:

@@ -133,3 +133,25 @@ async def test_a_hang_up_mid_response_settles_partial_and_drops_the_upstream_soc
     (event,) = await sync_to_async(recorded)(1)
     assert event.partial and event.error == "client disconnected"
     assert fake.ws_frames and len(fake.ws_frames) == 1
+
+
+async def test_a_socket_the_provider_closed_between_turns_is_replaced(
+    gateway, fake, ws_key, recorded
+):
+    fake.openai.ws_one_response = True  # the provider hangs up after every response
+    secret = await sync_to_async(ws_key)()
+    fake.enqueue(
+        fo.response("One.", input_tokens=11, output_tokens=1),
+        fo.response("Two.", input_tokens=12, output_tokens=2),
+    )
+    headers = {"Authorization": f"Bearer {secret}"}
+    async with websockets.connect(ws_url(gateway), additional_headers=headers) as socket:
+        for expected in ("One.", "Two."):
+            frame = {"type": "response.create", "model": OPENAI_MODEL, "input": "x"}
+            await socket.send(orjson.dumps(frame))
+            events = await frames_until_done(socket)
+            assert events[-1]["type"] == "response.completed"
+            assert events[-1]["response"]["output"][0]["content"][0]["text"] == expected
+    assert fake.openai.ws_connections == 2 and len(fake.ws_frames) == 2
+    events = await sync_to_async(recorded)(2)
+    assert sorted((e.input_tokens, e.partial) for e in events) == [(11, False), (12, False)]
