@@ -105,7 +105,11 @@ class ProxyConsumer(AsyncHttpConsumer):
             elif self.scope["method"] != "POST":
                 reply = pipeline.error_reply(
                     self.protocol,
-                    ProxyError(ErrorKind.NOT_FOUND, f"Use POST for {self.scope['path']}."),
+                    ProxyError(
+                        ErrorKind.METHOD_NOT_ALLOWED,
+                        f"Use POST for {self.scope['path']}.",
+                        headers={"allow": "POST"},
+                    ),
                 )
             else:
                 reply = await pipeline.handle(incoming, self.protocol, self.endpoint)

@@ -11,6 +11,7 @@ class ErrorKind(Enum):
     AUTHENTICATION = (401, False)
     PERMISSION = (403, False)
     NOT_FOUND = (404, False)
+    METHOD_NOT_ALLOWED = (405, False)
     REQUEST_TOO_LARGE = (413, False)
     BILLING = (402, False)
     RATE_LIMIT = (429, True)

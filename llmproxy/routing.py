@@ -60,6 +60,8 @@ def http_router(fallback: ASGIApp) -> ASGIApp:
     async def route(scope, receive, send):
         path = scope["path"]
         app = routes.get(path)
+        if app is None and path.endswith("/") and len(path) > 1:
+            app = routes.get(path[:-1])  # /v1/messages/ is /v1/messages
         if app is None and scope["method"] == "HEAD" and path in HEAD_PATHS:
             app = head_ok
         await (app or fallback)(scope, receive, send)

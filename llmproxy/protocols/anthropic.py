@@ -28,6 +28,7 @@ ERROR_TYPES = {
     ErrorKind.AUTHENTICATION: "authentication_error",
     ErrorKind.PERMISSION: "permission_error",
     ErrorKind.NOT_FOUND: "not_found_error",
+    ErrorKind.METHOD_NOT_ALLOWED: "invalid_request_error",
     ErrorKind.REQUEST_TOO_LARGE: "request_too_large",
     ErrorKind.BILLING: "billing_error",
     ErrorKind.RATE_LIMIT: "rate_limit_error",

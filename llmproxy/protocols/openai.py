@@ -29,6 +29,7 @@ ERRORS = {
     ErrorKind.AUTHENTICATION: ("invalid_request_error", "invalid_api_key"),
     ErrorKind.PERMISSION: ("permission_error", "permission_denied"),
     ErrorKind.NOT_FOUND: ("invalid_request_error", "model_not_found"),
+    ErrorKind.METHOD_NOT_ALLOWED: ("invalid_request_error", "method_not_allowed"),
     ErrorKind.REQUEST_TOO_LARGE: ("invalid_request_error", "request_too_large"),
     ErrorKind.BILLING: ("insufficient_quota", "insufficient_quota"),
     ErrorKind.RATE_LIMIT: ("requests", "rate_limit_exceeded"),

@@ -445,3 +445,21 @@ def test_a_connection_cut_mid_stream_becomes_an_sse_error_event(gateway, fake, m
     assert '"type":"api_error"' in response.text
     (event,) = recorded(1)
     assert event.partial and event.input_tokens == 21 and "broke" in event.error
+
+
+def test_wrong_methods_and_a_trailing_slash(gateway, fake, make_key, recorded):
+    secret = make_key()
+    got = httpx.get(gateway.url + "/v1/messages", headers={"x-api-key": secret})
+    assert got.status_code == 405 and got.headers["allow"] == "POST"
+    assert got.json() == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "Use POST for /v1/messages."},
+    }
+    put = httpx.put(gateway.url + "/openai/v1/responses", headers={"authorization": "Bearer x"})
+    assert put.status_code == 405 and put.json()["error"]["code"] == "method_not_allowed"
+    fake.enqueue(fu.text("slash", input_tokens=3, output_tokens=1))
+    body = {"model": MODEL, "max_tokens": 5, "messages": MESSAGES}
+    slashed = httpx.post(gateway.url + "/v1/messages/", headers={"x-api-key": secret}, json=body)
+    assert slashed.status_code == 200 and slashed.json()["content"][0]["text"] == "slash"
+    assert fake.requests[-1].path == "/v1/messages"
+    recorded(1)
