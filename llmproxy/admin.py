@@ -47,8 +47,10 @@ class ModelRouteInline(admin.TabularInline):
 
 class ProviderAdmin(admin.ModelAdmin):
     form = ProviderForm
-    list_display = ["name", "kind", "base_url", "credential_state", "enabled", "updated_at"]
-    list_filter = ["kind", "enabled"]
+    list_display = [
+        "name", "kind", "base_url", "credential_state", "websockets", "enabled", "updated_at",
+    ]  # fmt: skip
+    list_filter = ["kind", "enabled", "websockets"]
     search_fields = ["name", "base_url"]
     inlines = [ModelRouteInline]
 
