@@ -58,6 +58,12 @@ class ModelPrice:
         dearest_input = max(rates.input, rates.cache_write_5m, rates.cache_write_1h)
         return (prompt_tokens * dearest_input + max_output_tokens * rates.output) / MILLION
 
+    def tool_reservation(self, calls: dict[str, int], containers: dict[str, int]) -> Decimal:
+        """What ``calls`` hosted tool calls and ``containers`` containers would cost."""
+        return self._per_call(calls, self.tool_prices) + self._per_call(
+            containers, self.container_prices
+        )
+
     def cost(self, usage: Usage) -> Decimal:
         rates = self.rates_for(usage)
         tokens = (

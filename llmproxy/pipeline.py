@@ -251,7 +251,25 @@ class Exchange:
             or self.price.default_max_output_tokens
             or settings.LLMPROXY_DEFAULT_MAX_OUTPUT_TOKENS
         )
-        return to_units(self.price.reservation(prompt, output, self.policy.reserve_expected))
+        tokens = self.price.reservation(prompt, output, self.policy.reserve_expected)
+        return to_units(tokens + self.hosted_tool_reservation())
+
+    def hosted_tool_reservation(self) -> Decimal:
+        """Hosted tool calls the request may make: its max_uses, or a configured number."""
+        info = self.info
+        calls, containers = {}, {}
+        for tool in info.hosted_tools:
+            if tool in info.removed_tools:
+                continue
+            if tool == "code_interpreter":
+                containers[info.container_memory] = 1  # one container per response
+            else:
+                calls[tool] = info.hosted_tool_limits.get(
+                    tool, settings.LLMPROXY_RESERVED_TOOL_CALLS
+                )
+        if not calls and not containers:
+            return ZERO
+        return self.price.tool_reservation(calls, containers)
 
     def sharing_key(self) -> str:
         """Identical requests (same key, path, body and answer-changing headers) share it."""

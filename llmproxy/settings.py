@@ -202,6 +202,8 @@ LLMPROXY_DEFAULT_MAX_OUTPUT_TOKENS = env_int(
     ENV, "LLMPROXY_DEFAULT_MAX_OUTPUT_TOKENS", 64_000, minimum=1
 )
 LLMPROXY_EXPECTED_OUTPUT_TOKENS = env_int(ENV, "LLMPROXY_EXPECTED_OUTPUT_TOKENS", 4096, minimum=1)
+# Calls reserved per hosted tool (web search, ...) when the request sets no max_uses.
+LLMPROXY_RESERVED_TOOL_CALLS = env_int(ENV, "LLMPROXY_RESERVED_TOOL_CALLS", 10, minimum=0)
 # Codex's Responses websocket mode; false answers the upgrade with 426 (Codex uses HTTP).
 LLMPROXY_WEBSOCKETS = env_bool(ENV, "LLMPROXY_WEBSOCKETS", True)
 LLMPROXY_USAGE_BATCH_SIZE = env_int(ENV, "LLMPROXY_USAGE_BATCH_SIZE", 100, minimum=1)

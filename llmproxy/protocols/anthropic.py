@@ -48,6 +48,7 @@ COUNT_TOKENS = Endpoint("/v1/messages/count_tokens", kind="count", billed=False)
 
 class _ToolView(msgspec.Struct):
     type: Any = UNSET
+    max_uses: Any = UNSET
 
 
 class _RequestView(msgspec.Struct):
@@ -71,6 +72,19 @@ def hosted_tools(data: dict) -> list[str]:
     if data.get("mcp_servers"):
         found.append("mcp")
     return found
+
+
+def hosted_tool_limits(data: dict) -> dict[str, int]:
+    """``max_uses`` of the hosted tools that declare one (web search, web fetch)."""
+    limits = {}
+    tools = data.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if not isinstance(tool, dict):
+            continue
+        kind, uses = tool.get("type"), tool.get("max_uses")
+        if isinstance(kind, str) and isinstance(uses, int) and not isinstance(uses, bool):
+            limits[kind] = max(0, uses)
+    return limits
 
 
 def session_id(data: dict, headers: Headers) -> str:
@@ -184,6 +198,7 @@ class Anthropic(Protocol):
             stream=stream,
             max_output_tokens=optional_int(data, "max_tokens"),
             hosted_tools=hosted_tools(data),
+            hosted_tool_limits=hosted_tool_limits(data),
             kind=endpoint.kind,
             session_id=session_id(data, headers),
         )

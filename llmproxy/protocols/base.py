@@ -36,6 +36,8 @@ class RequestInfo:
     stream: bool
     max_output_tokens: int | None = None
     hosted_tools: list[str] = field(default_factory=list)
+    # The most calls the request allows each hosted tool (Anthropic's max_uses), where given.
+    hosted_tool_limits: dict[str, int] = field(default_factory=dict)
     kind: str = "turn"
     session_id: str = ""
     container_memory: str = "1g"  # OpenAI code interpreter containers are priced by size

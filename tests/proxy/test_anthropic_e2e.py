@@ -211,6 +211,26 @@ def test_a_hosted_tool_the_key_allows_goes_through(gateway, fake, make_key, reco
     assert event.cost_usd == Decimal(10 * 3 + 5 * 15) / Decimal(1_000_000) + Decimal("0.02")
 
 
+def test_hosted_tool_calls_are_reserved_against_the_budget(gateway, fake, make_key, recorded):
+    # Tokens of this request reserve under $0.002; each web search costs $0.01. Without
+    # max_uses the gateway reserves 10 searches ($0.10 > budget): refused before the call.
+    secret = make_key(allowed_tools=["web_search*"], budget_usd=Decimal("0.02"))
+    search = {"type": "web_search_20250305", "name": "web_search"}
+    ask = {"model": MODEL, "max_tokens": 100, "messages": MESSAGES}
+    refused = httpx.post(
+        gateway.url + "/v1/messages", headers={"x-api-key": secret}, json={**ask, "tools": [search]}
+    )
+    assert refused.status_code == 402 and refused.json()["error"]["type"] == "billing_error"
+    assert fake.requests == []
+    # max_uses 1 bounds the searches: one is reserved ($0.01 + tokens), which fits.
+    fake.enqueue(fu.text("searched once", web_search_requests=1))
+    limited = {**ask, "tools": [{**search, "max_uses": 1}]}
+    admitted = httpx.post(gateway.url + "/v1/messages", headers={"x-api-key": secret}, json=limited)
+    assert admitted.status_code == 200, admitted.text
+    (event,) = recorded(1)
+    assert event.tool_calls == {"web_search": 1} and event.cost_usd <= Decimal("0.02")
+
+
 @pytest.mark.parametrize(
     ("headers", "message"),
     [
