@@ -218,9 +218,11 @@ class ResponsesSocket(AsyncConsumer):
         try:
             socket = await self._upstream_socket(exchange.provider)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            # The exception's str, never its repr: aiohttp's repr carries the request headers,
+            # the provider's credential among them.
             log.warning(
-                "provider %r: no Responses websocket (%r); bridging this connection to HTTP",
-                provider.name, exc,
+                "provider %r: no Responses websocket (%s: %s); bridging this connection to HTTP",
+                provider.name, type(exc).__name__, exc,
             )  # fmt: skip
             self.bridged.add(provider.id)
             return False

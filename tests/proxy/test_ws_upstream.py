@@ -100,7 +100,9 @@ async def test_refusals_are_error_events_and_nothing_reaches_the_provider(gatewa
     assert fake.ws_frames == []
 
 
-async def test_a_provider_without_a_websocket_is_bridged_to_http(gateway, fake, ws_key, recorded):
+async def test_a_provider_without_a_websocket_is_bridged_to_http(
+    gateway, fake, ws_key, recorded, caplog
+):
     fake.openai.websockets = False  # its GET /v1/responses is a 404
     secret = await sync_to_async(ws_key)()
     fake.enqueue(fo.response("Bridged.", input_tokens=30, output_tokens=4))
@@ -115,6 +117,9 @@ async def test_a_provider_without_a_websocket_is_bridged_to_http(gateway, fake, 
     assert fake.requests[1].json["stream"] is True
     (event,) = await sync_to_async(recorded)(1)
     assert (event.input_tokens, event.output_tokens) == (30, 4)
+    # The failed upgrade is logged without the request headers it carried.
+    assert "no Responses websocket (WSServerHandshakeError: 404" in caplog.text
+    assert OPENAI_CREDENTIAL not in caplog.text and secret not in caplog.text
 
 
 async def test_a_hang_up_mid_response_settles_partial_and_drops_the_upstream_socket(
