@@ -225,16 +225,20 @@ class Exchange:
         # Identity encoding: the taps read the bytes they relay.
         headers.append((b"accept-encoding", b"identity"))
         body = self.incoming.body
-        renamed = self.upstream_model != self.info.model
-        if renamed or protocol.rewrites(self.endpoint, self.info):
+        if self.upstream_model != self.info.model or protocol.rewrites(self.endpoint, self.info):
             # Only then is the whole body parsed and re-serialized; otherwise the client's
             # bytes go up unchanged.
             data = parse_json_object(body)
-            protocol.rewrite(self.endpoint, data, self.info)
-            if renamed:
-                data["model"] = self.upstream_model
+            self.rewrite(data)
             body = orjson.dumps(data)
         return url, headers, body
+
+    def rewrite(self, data: dict) -> None:
+        """The changes the gateway makes to a request (in place): the routed model name and
+        the protocol's own (a refused hosted tool taken out, chat usage requested)."""
+        self.protocol.rewrite(self.endpoint, data, self.info)
+        if self.upstream_model != self.info.model:
+            data["model"] = self.upstream_model
 
     async def admit(self) -> None:
         if self.endpoint.billed:

@@ -65,12 +65,12 @@ class History:
             self._items.popitem(last=False)
 
 
-def _event_type(text: str) -> str | None:
+def _event(text: str) -> dict:
     try:
         event = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return None
-    return event.get("type") if isinstance(event, dict) else None
+        return {}
+    return event if isinstance(event, dict) else {}
 
 
 def error_frame(error: ProxyError) -> dict:
@@ -230,10 +230,7 @@ class ResponsesSocket(AsyncConsumer):
         if not warm_up:  # a warm-up generates nothing: not admitted, not billed
             await exchange.admit()
         outgoing = dict(frame)
-        if exchange.upstream_model != exchange.info.model:
-            outgoing["model"] = exchange.upstream_model
-        if exchange.info.removed_tools:
-            openai.PROTOCOL.rewrite(exchange.endpoint, outgoing, exchange.info)
+        exchange.rewrite(outgoing)
         exchange.tap = openai.PROTOCOL.tap(True, exchange.info, exchange.endpoint)
         status, finished, error = 200, False, ""
         payload = orjson.dumps(outgoing).decode()
@@ -265,9 +262,9 @@ class ResponsesSocket(AsyncConsumer):
                 if exchange.first_byte is None:
                     exchange.first_byte = time.perf_counter()
                 await self.base_send({"type": "websocket.send", "text": message.data})
-                kind = _event_type(message.data)
-                if kind in FINISHED:
-                    exchange.tap.read_event(message.data.encode())
+                event = _event(message.data)
+                if event.get("type") in FINISHED:
+                    exchange.tap.read_payload(event)
                     finished = True
         except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
             status, error = 502, f"provider websocket failed: {type(exc).__name__}"

@@ -61,30 +61,20 @@ class _RequestView(msgspec.Struct):
     mcp_servers: Any = UNSET
 
 
-def hosted_tools(data: dict) -> list[str]:
-    tools = data.get("tools")
-    found = []
-    if isinstance(tools, list):
-        for tool in tools:
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            if isinstance(kind, str) and kind and not kind.startswith(CLIENT_TOOL_TYPES):
-                found.append(kind)
-    if data.get("mcp_servers"):
-        found.append("mcp")
-    return found
-
-
-def hosted_tool_limits(data: dict) -> dict[str, int]:
-    """``max_uses`` of the hosted tools that declare one (web search, web fetch)."""
-    limits = {}
+def hosted_tools(data: dict) -> tuple[list[str], dict[str, int]]:
+    """Hosted tool types in the request, and the ``max_uses`` of those that set one."""
+    found, limits = [], {}
     tools = data.get("tools")
     for tool in tools if isinstance(tools, list) else ():
-        if not isinstance(tool, dict):
-            continue
-        kind, uses = tool.get("type"), tool.get("max_uses")
-        if isinstance(kind, str) and isinstance(uses, int) and not isinstance(uses, bool):
-            limits[kind] = max(0, uses)
-    return limits
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if isinstance(kind, str) and kind and not kind.startswith(CLIENT_TOOL_TYPES):
+            found.append(kind)
+            uses = tool.get("max_uses")
+            if isinstance(uses, int) and not isinstance(uses, bool):
+                limits[kind] = max(0, uses)
+    if data.get("mcp_servers"):
+        found.append("mcp")
+    return found, limits
 
 
 def session_id(data: dict, headers: Headers) -> str:
@@ -193,12 +183,13 @@ class Anthropic(Protocol):
         stream = data.get("stream", False)
         if not isinstance(stream, bool):
             raise ProxyError(ErrorKind.INVALID_REQUEST, "stream: expected true or false.")
+        tools, limits = hosted_tools(data)
         return RequestInfo(
             model=model,
             stream=stream,
             max_output_tokens=optional_int(data, "max_tokens"),
-            hosted_tools=hosted_tools(data),
-            hosted_tool_limits=hosted_tool_limits(data),
+            hosted_tools=tools,
+            hosted_tool_limits=limits,
             kind=endpoint.kind,
             session_id=session_id(data, headers),
         )

@@ -185,13 +185,16 @@ class ResponsesTap(Tap):
                 self.read_event(data)
 
     def read_event(self, data: bytes) -> None:
-        """One event's JSON, from SSE or from a websocket frame."""
+        """One SSE event's JSON."""
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError:
             return
-        if not isinstance(payload, dict):
-            return
+        if isinstance(payload, dict):
+            self.read_payload(payload)
+
+    def read_payload(self, payload: dict) -> None:
+        """One terminal event, parsed (an SSE event's JSON, or a websocket frame)."""
         response = payload.get("response")
         if isinstance(response, dict):
             read_response_usage(self, response)
