@@ -28,7 +28,7 @@ import httpx
 from bench import load
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT.parent / "shared" / "protocols" / "samples"
+SAMPLES = ROOT / "tests" / "samples"
 SAMPLE = SAMPLES / "claude_p_messages_request.json"
 CODEX_SAMPLE = SAMPLES / "codex_exec_responses_request.json"
 UPSTREAM_KEY = "sk-bench-upstream-credential"
@@ -98,7 +98,7 @@ class Stack:
 
     def start(self) -> str:
         fake_port = self.fake_url.rsplit(":", 1)[1]
-        self.spawn(sys.executable, "-m", "llmproxy.testing.fake_provider", "--port", fake_port)
+        self.spawn(sys.executable, "-m", "tests.fakes.fake_provider", "--port", fake_port)
         self.manage("migrate", "-v0")
         common = ["--base-url", self.fake_url, "--api-key", UPSTREAM_KEY]
         self.manage("addprovider", "bench-anthropic", "--kind", "anthropic", *common)

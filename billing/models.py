@@ -7,7 +7,7 @@ from decimal import Decimal
 from django.db import models
 
 from accounts.models import ApiKey, Team
-from llmproxy.models import Provider
+from llmproxy.gateway.models import Provider
 
 PER_MTOK = {"max_digits": 12, "decimal_places": 6}
 

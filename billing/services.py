@@ -116,8 +116,8 @@ def _touch_keys(events: list[dict]) -> None:
 def reconcile_counters() -> int:
     """Every budget's Redis counter against the ledger (Celery beat, scaled mode)."""
     from accounts.models import ApiKey, Team
-    from llmproxy import limits
-    from llmproxy.policy import Budget
+    from llmproxy.gateway import limits
+    from llmproxy.gateway.policy import Budget
 
     budgets = [
         Budget("key", key.pk, key.budget_usd, key.budget_period)

@@ -15,8 +15,8 @@ django_app = get_asgi_application()  # sets Django up before the routing imports
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from llmproxy.lifespan import lifespan  # noqa: E402
-from llmproxy.routing import http_router, websocket_router  # noqa: E402
+from llmproxy.gateway.lifespan import lifespan  # noqa: E402
+from llmproxy.gateway.routing import http_router, websocket_router  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

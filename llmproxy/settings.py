@@ -49,9 +49,10 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
-    "llmproxy",
     "accounts",
     "billing",
+    "llmproxy.gateway",
+    "llmproxy.console",
 ]
 
 MIDDLEWARE = [
@@ -162,7 +163,7 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "llmproxy.api.auth.TokenAuthentication",
+        "llmproxy.console.api.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],

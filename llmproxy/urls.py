@@ -2,8 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from llmproxy import dashboard
-from llmproxy.health import healthz
+from llmproxy.console import dashboard
+from llmproxy.console.health import healthz
 
 admin.site.site_header = "llmproxy"
 admin.site.site_title = "llmproxy admin"
@@ -13,7 +13,7 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
-    path("api/", include("llmproxy.api.urls")),
+    path("api/", include("llmproxy.console.api.urls")),
     path("dashboard/", dashboard.overview, name="dashboard"),
     path("dashboard/keys/<int:key_id>/", dashboard.key_detail, name="dashboard-key"),
 ]

@@ -1,11 +1,20 @@
-from __future__ import annotations
+"""Every shared fixture: real servers on loopback (the fake provider, a gateway), data, the
+permission cast, and the services the scaled mode needs."""
 
 import os
+import time
+from decimal import Decimal
 
 import pytest
 from django.conf import settings
 
-pytest_plugins = ["tests.fixtures"]
+from accounts import services as key_services
+from billing.models import Price
+from llmproxy.gateway import services as provider_services
+from llmproxy.gateway.usage_sink import sink as usage_sink
+from tests.fakes import OPENAI_CREDENTIAL, UPSTREAM_CREDENTIAL
+from tests.fakes.fake_provider import FakeProviderThread
+from tests.servers import CountingApp, ServerThread
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -71,11 +80,128 @@ def _close_proxy_db_connections(django_db_setup, django_db_blocker):
     from asgiref.sync import sync_to_async
     from django.db import connections
 
-    from llmproxy import dbthreads
-    from llmproxy.usage_sink import sink
+    from llmproxy.gateway import dbthreads
 
     with django_db_blocker.unblock():
         dbthreads.close_all()
-        sink.close_connections()
+        usage_sink.close_connections()
         # async tests' ORM calls ran in asgiref's shared sync thread: close its connection too
         asyncio.run(sync_to_async(connections.close_all)())
+
+
+@pytest.fixture(scope="session")
+def fake_server():
+    with FakeProviderThread() as server:
+        yield server
+
+
+@pytest.fixture
+def fake(fake_server):
+    upstream = fake_server.fake
+    upstream.clear()
+    upstream.set_default(None)
+    yield upstream
+    upstream.clear()
+
+
+@pytest.fixture(scope="session")
+def gateway_server():
+    from llmproxy.asgi import application
+
+    app = CountingApp(application)
+    with ServerThread(app) as server:
+        server.app = app
+        yield server
+
+
+@pytest.fixture
+def gateway(gateway_server, transactional_db):
+    gateway_server.app.requests.clear()
+    yield gateway_server
+    # Write this test's usage while its database is still there, not into the next test's.
+    assert usage_sink.flush(timeout=20), "usage events were not handed over in time"
+
+
+@pytest.fixture
+def provider(fake, transactional_db):
+    upstream, _ = provider_services.upsert_provider(
+        name="fake-anthropic", kind="anthropic", base_url=fake.url, credential=UPSTREAM_CREDENTIAL
+    )
+    Price.objects.create(
+        model_pattern="claude-test-*",
+        provider_kind="anthropic",
+        input_per_mtok=Decimal(3),
+        output_per_mtok=Decimal(15),
+        cache_write_5m_per_mtok=Decimal("3.75"),
+        cache_write_1h_per_mtok=Decimal(6),
+        cache_read_per_mtok=Decimal("0.30"),
+        tool_prices={"web_search": "0.01"},
+        default_max_output_tokens=64000,
+    )
+    return upstream
+
+
+@pytest.fixture
+def make_key(provider):
+    def make(**policy) -> str:
+        _, secret = key_services.create_key(name=policy.pop("name", "test key"), **policy)
+        return secret
+
+    return make
+
+
+@pytest.fixture
+def recorded():
+    """The usage events, once every queued one has been written."""
+    from billing.models import UsageEvent
+
+    def read(expected: int | None = None) -> list[UsageEvent]:
+        # The gateway settles after the client saw the end of the answer: wait for it.
+        deadline = time.monotonic() + 10
+        while True:
+            assert usage_sink.flush(timeout=20), "usage events were not handed over in time"
+            events = list(UsageEvent.objects.order_by("created_at", "id"))
+            if expected is None or len(events) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        if expected is not None:
+            assert len(events) == expected, [(e.status, e.error) for e in events]
+        return events
+
+    return read
+
+
+@pytest.fixture
+def openai_provider(fake, transactional_db):
+    upstream, _ = provider_services.upsert_provider(
+        name="fake-openai", kind="openai", base_url=fake.url, credential=OPENAI_CREDENTIAL
+    )
+    Price.objects.create(
+        model_pattern="gpt-test-*",
+        provider_kind="openai",
+        input_per_mtok=Decimal("1.25"),
+        output_per_mtok=Decimal(10),
+        cache_read_per_mtok=Decimal("0.125"),
+        tool_prices={"web_search": "0.01"},
+        container_prices={"1g": "0.03", "4g": "0.12"},
+        default_max_output_tokens=128000,
+    )
+    return upstream
+
+
+@pytest.fixture
+def make_openai_key(openai_provider):
+    def make(**policy) -> str:
+        _, secret = key_services.create_key(name=policy.pop("name", "codex key"), **policy)
+        return secret
+
+    return make
+
+
+@pytest.fixture
+def sink():
+    """An HTTP proxy that refuses every connection: where the CLIs' own outside calls go."""
+    from tests.e2e.clients import ProxySink
+
+    with ProxySink() as proxy_sink:
+        yield proxy_sink

@@ -10,17 +10,11 @@ from django.urls import reverse
 from accounts import services
 from accounts.models import ApiKey, ApiToken, Team
 from billing.models import BudgetAlert, Price, UsageEvent
-from llmproxy.models import ModelRoute, Provider
+from llmproxy.gateway.models import ModelRoute, Provider
 
 pytestmark = pytest.mark.django_db
 
 MODELS = [Team, ApiKey, ApiToken, Provider, ModelRoute, Price, UsageEvent, BudgetAlert]
-
-
-@pytest.fixture
-def admin_client(client, admin_user):
-    client.force_login(admin_user)
-    return client
 
 
 def _url(model, view: str, *args) -> str:

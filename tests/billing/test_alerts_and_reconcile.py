@@ -15,8 +15,8 @@ from accounts import services as key_services
 from accounts.models import Team
 from billing import alerts, services
 from billing.models import BudgetAlert, UsageEvent
-from llmproxy import limits
-from llmproxy.policy import Budget
+from llmproxy.gateway import limits
+from llmproxy.gateway.policy import Budget
 
 pytestmark = pytest.mark.django_db
 

@@ -6,21 +6,20 @@ from decimal import Decimal
 
 import pytest
 
-from llmproxy.testing import fake_provider as fu
-from tests.e2e.clients import ProxySink, run_claude
-from tests.fixtures import MODEL, UPSTREAM_CREDENTIAL
+from tests.e2e.clients import run_claude
+from tests.fakes import MODEL, UPSTREAM_CREDENTIAL
+from tests.fakes import fake_provider as fu
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cli]
 
 ARGS = ("--model", MODEL)
 
 
-@pytest.fixture
-def sink():
-    with ProxySink() as proxy_sink:
-        yield proxy_sink
+@pytest.fixture(autouse=True)
+def nothing_leaves_the_machine(sink):
+    yield
     # nothing the CLI did went to an outside host: the sink saw no request at all
-    assert proxy_sink.requests == []
+    assert sink.requests == []
 
 
 def assert_fake_saw_only_the_provider_credential(fake, secret: str) -> None:

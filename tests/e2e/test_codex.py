@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from llmproxy.testing import fake_openai as fo
-from tests.e2e.clients import ProxySink, run_codex
-from tests.fixtures import OPENAI_CREDENTIAL
+from tests.e2e.clients import run_codex
+from tests.fakes import OPENAI_CREDENTIAL
+from tests.fakes import fake_openai as fo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cli]
 
@@ -24,12 +24,6 @@ def codex_price(openai_provider):
         model_pattern="gpt-5.5*", provider_kind="openai", input_per_mtok=Decimal(5),
         output_per_mtok=Decimal(30), cache_read_per_mtok=Decimal("0.5"),
     )  # fmt: skip
-
-
-@pytest.fixture
-def sink():
-    with ProxySink() as proxy_sink:
-        yield proxy_sink
 
 
 def assert_fake_saw_only_the_provider_credential(fake, secret: str) -> None:

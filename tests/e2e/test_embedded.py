@@ -14,7 +14,7 @@ import anthropic
 import httpx
 import pytest
 
-from llmproxy.testing import fake_provider as fu
+from tests.fakes import fake_provider as fu
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from accounts import services
 from accounts.models import BudgetPeriod, ReserveMode, Team
-from llmproxy.commands import OpsCommand, comma_list, money, positive_int, timestamp
+from llmproxy.core.commands import OpsCommand, comma_list, money, positive_int, timestamp
 
 
 class Command(OpsCommand):

@@ -5,7 +5,7 @@ from pathlib import Path
 from django.core.management.base import CommandError
 
 from billing import services
-from llmproxy.commands import OpsCommand
+from llmproxy.core.commands import OpsCommand
 
 
 class Command(OpsCommand):

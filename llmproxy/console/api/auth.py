@@ -1,0 +1,67 @@
+"""Who is calling the management API: a person's API token, or a virtual key (for /api/me)."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AnonymousUser
+from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+
+from accounts import keys, services
+from accounts.models import ApiToken
+
+
+def _bearer(request) -> str | None:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return None
+
+
+class TokenAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer llmpt-…``: a token created in the admin or at /api/tokens/."""
+
+    def authenticate(self, request):
+        secret = _bearer(request)
+        if secret is None or not secret.startswith(keys.TOKEN_MARKER):
+            return None
+        token = services.find_api_token(secret)
+        if token is None or not token.user.is_active:
+            raise exceptions.AuthenticationFailed("Invalid API token.")
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        return token.user, token
+
+    def authenticate_header(self, request) -> str:
+        return "Bearer"
+
+
+class VirtualKeyAuthentication(authentication.BaseAuthentication):
+    """A virtual key (``x-api-key`` or Bearer ``llmp-…``), for the key's own /api/me."""
+
+    def authenticate(self, request):
+        secret = request.META.get("HTTP_X_API_KEY") or _bearer(request)
+        if not secret or not secret.startswith(keys.KEY_MARKER):
+            return None
+        key = services.find_key(secret)
+        if key is None or not key.is_active:
+            raise exceptions.AuthenticationFailed("Invalid, revoked or expired key.")
+        return AnonymousUser(), key
+
+    def authenticate_header(self, request) -> str:
+        return "Bearer"
+
+
+class TokenScheme(OpenApiAuthenticationExtension):
+    target_class = "llmproxy.console.api.auth.TokenAuthentication"
+    name = "apiToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "An API token (llmpt-…)."}
+
+
+class VirtualKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "llmproxy.console.api.auth.VirtualKeyAuthentication"
+    name = "virtualKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "A virtual key (llmp-…)."}

@@ -1,0 +1,23 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from llmproxy.console.api import views
+
+router = DefaultRouter()
+router.register("keys", views.ApiKeyViewSet, basename="key")
+router.register("teams", views.TeamViewSet, basename="team")
+router.register("users", views.UserViewSet, basename="user")
+router.register("providers", views.ProviderViewSet, basename="provider")
+router.register("routes", views.ModelRouteViewSet, basename="route")
+router.register("prices", views.PriceViewSet, basename="price")
+router.register("usage", views.UsageViewSet, basename="usage")
+router.register("tokens", views.TokenViewSet, basename="token")
+
+urlpatterns = [
+    path("me", views.MeView.as_view(), name="me"),
+    path("spend", views.SpendView.as_view(), name="spend"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,99 @@
+"""The staff dashboard: spend over time, top keys and models, budget burn, recent errors."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.contrib import admin
+from django.contrib.admin.views.decorators import staff_member_required
+from django.db.models import Count, Sum
+from django.db.models.functions import TruncDate
+from django.shortcuts import get_object_or_404, render
+from django.utils.safestring import mark_safe
+
+from accounts.models import ApiKey
+from billing.models import UsageEvent
+from billing.periods import period_start
+from llmproxy.console import charts
+
+DAYS = 30
+
+
+def _daily(events, by: str) -> tuple[list[str], dict[str, dict[str, Decimal]]]:
+    rows = (
+        events.annotate(day=TruncDate("created_at"))
+        .values("day", by)
+        .annotate(cost=Sum("cost_usd"))
+        .order_by("day")
+    )
+    series: dict[str, dict[str, Decimal]] = defaultdict(dict)
+    for row in rows:
+        series[str(row[by] or "none")][str(row["day"])] = row["cost"] or Decimal(0)
+    today = datetime.now(UTC).date()
+    days = [str(today - timedelta(days=n)) for n in range(DAYS - 1, -1, -1)]
+    return days, dict(series)
+
+
+def _spent(key: ApiKey, now: datetime) -> Decimal:
+    start = period_start(key.budget_period, now)
+    total = key.usage_events.filter(created_at__gte=start).aggregate(t=Sum("cost_usd"))["t"]
+    return total or Decimal(0)
+
+
+@staff_member_required
+def overview(request):
+    now = datetime.now(UTC)
+    by = "team__name" if request.GET.get("by") == "team" else "model"
+    events = UsageEvent.objects.filter(created_at__gte=now - timedelta(days=DAYS))
+    days, series = _daily(events, by)
+    top_keys = (
+        events.values("api_key", "api_key__name", "api_key__prefix")
+        .annotate(cost=Sum("cost_usd"), requests=Count("id"))
+        .order_by("-cost")[:10]
+    )
+    top_models = events.values("model").annotate(cost=Sum("cost_usd"), requests=Count("id"))
+    burn = []
+    for key in ApiKey.objects.active().filter(budget_usd__gt=0).select_related("owner"):
+        spent = _spent(key, now)
+        burn.append(
+            {
+                "key": key,
+                "spent": spent,
+                "remaining": max(Decimal(0), key.budget_usd - spent),
+                "bar": mark_safe(charts.burn_bar(spent, key.budget_usd)),  # noqa: S308 - built here
+            }
+        )
+    burn.sort(key=lambda row: row["remaining"])
+    context = {
+        **admin.site.each_context(request),
+        "title": "Dashboard",
+        "by": "team" if by == "team__name" else "model",
+        "chart": mark_safe(charts.stacked_bars(days, series)),  # noqa: S308 - escaped in charts
+        "total": sum((sum(s.values(), Decimal(0)) for s in series.values()), Decimal(0)),
+        "top_keys": top_keys,
+        "top_models": top_models.order_by("-cost")[:10],
+        "burn": burn,
+        "errors": UsageEvent.objects.exclude(error="").select_related("api_key")[:20],
+    }
+    return render(request, "dashboard/overview.html", context)
+
+
+@staff_member_required
+def key_detail(request, key_id: int):
+    key = get_object_or_404(ApiKey.objects.select_related("owner", "team"), pk=key_id)
+    now = datetime.now(UTC)
+    events = key.usage_events.filter(created_at__gte=now - timedelta(days=DAYS))
+    days, series = _daily(events, "model")
+    base = request.build_absolute_uri("/").rstrip("/")
+    context = {
+        **admin.site.each_context(request),
+        "title": f"Key {key.name}",
+        "key": key,
+        "chart": mark_safe(charts.stacked_bars(days, series)),  # noqa: S308 - escaped in charts
+        "spent": _spent(key, now) if key.budget_usd is not None else None,
+        "recent": key.usage_events.all()[:50],
+        "base_url": base,
+    }
+    return render(request, "dashboard/key.html", context)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin
+
+from llmproxy.gateway.models import ModelRoute, Provider
+
+
+class ProviderForm(forms.ModelForm):
+    base_url = forms.URLField(
+        max_length=500,
+        assume_scheme="https",
+        help_text=Provider._meta.get_field("base_url").help_text,
+    )
+    # Write-only: never rendered back, not even masked.
+    api_key = forms.CharField(
+        label="API key",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Stored encrypted and never shown again. Leave empty to keep the current key.",
+    )
+
+    class Meta:
+        model = Provider
+        fields = ["name", "kind", "base_url", "api_key", "extra_headers", "websockets", "enabled"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if not self.instance.has_credential and not cleaned.get("api_key"):
+            self.add_error("api_key", "A new provider needs its API key.")
+        return cleaned
+
+    def save(self, commit=True):
+        provider = super().save(commit=False)
+        if self.cleaned_data.get("api_key"):
+            provider.credential = self.cleaned_data["api_key"]
+        if commit:
+            provider.save()
+        return provider
+
+
+class ModelRouteInline(admin.TabularInline):
+    model = ModelRoute
+    extra = 0
+
+
+class ProviderAdmin(admin.ModelAdmin):
+    form = ProviderForm
+    list_display = [
+        "name", "kind", "base_url", "credential_state", "websockets", "enabled", "updated_at",
+    ]  # fmt: skip
+    list_filter = ["kind", "enabled", "websockets"]
+    search_fields = ["name", "base_url"]
+    inlines = [ModelRouteInline]
+
+    @admin.display(description="credential")
+    def credential_state(self, provider: Provider) -> str:
+        return "set" if provider.has_credential else "missing"
+
+
+class ModelRouteAdmin(admin.ModelAdmin):
+    list_display = ["pattern", "provider", "upstream_model", "priority", "enabled"]
+    list_filter = ["provider", "enabled"]
+    search_fields = ["pattern", "upstream_model"]
+    list_editable = ["priority", "enabled"]
+
+
+admin.site.register(Provider, ProviderAdmin)
+admin.site.register(ModelRoute, ModelRouteAdmin)

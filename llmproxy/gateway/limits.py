@@ -1,0 +1,399 @@
+"""Admission: rate limits, concurrency and budget reservations, in one atomic step.
+
+Budgets cannot be overshot by concurrency: admission *reserves* the request's worst-case cost
+(input estimate and maximum output at the model's prices) and refuses when
+``spent + reserved + estimate > limit``. Settling swaps the reservation for the actual cost.
+Checking recorded spend alone, as other gateways do, lets every concurrent request pass.
+
+Scaled mode runs the step as a Redis Lua script, so every worker on every host shares the
+counters; embedded mode runs the same logic in this process, where having no ``await``
+between check and update makes it atomic. A spend counter that is missing (Redis restarted or
+flushed, a new period) is rebuilt from the usage ledger before anything is admitted against
+it, never assumed to be zero. Reservations and concurrency slots expire after ``HOLD_TTL``,
+so a worker that died holding them cannot block a key forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from django.conf import settings
+
+from billing.periods import period_end, period_key, period_start
+from llmproxy.core.ids import new_id
+from llmproxy.core.loopbound import PerLoop
+from llmproxy.gateway import dbthreads, hotstore
+from llmproxy.gateway.errors import ErrorKind, ProxyError
+from llmproxy.gateway.policy import Budget, KeyPolicy
+
+UNIT = Decimal("0.00000001")  # counters count 1e-8 USD, the ledger's precision
+HOLD_TTL = 3600  # seconds a reservation or slot outlives a worker that died holding it
+PREFIX = "llmproxy:lim:"
+
+
+def to_units(usd: Decimal) -> int:
+    return int((usd / UNIT).to_integral_value())
+
+
+def from_units(units: int) -> Decimal:
+    return Decimal(units) * UNIT
+
+
+@dataclass
+class State:
+    """What admission saw, for the x-llmproxy-ratelimit-* and budget headers."""
+
+    rpm_used: int = 0
+    tpm_used: int = 0
+    budget: Budget | None = None  # the budget with the least room left
+    budget_left_units: int | None = None
+
+
+@dataclass
+class Ticket:
+    id: str
+    policy: KeyPolicy
+    minute: int
+    reserved_units: int = 0
+    budget_keys: list[tuple[str, str]] = field(default_factory=list)  # (spend, reservations)
+    state: State = field(default_factory=State)
+    released: bool = False
+
+
+def budget_keys(budget: Budget, now: float) -> tuple[str, str]:
+    moment = datetime.fromtimestamp(now, UTC)
+    name = f"{budget.scope}:{budget.owner_id}:{period_key(budget.period, moment)}"
+    return f"{PREFIX}spend:{name}", f"{PREFIX}resv:{name}"
+
+
+def _spend_ttl(budget: Budget, now: float) -> int:
+    end = period_end(budget.period, datetime.fromtimestamp(now, UTC))
+    # Kept a day past the period's end for reconciliation; lifetime counters a year at a time.
+    return int(end.timestamp() - now) + 86_400 if end else 365 * 86_400
+
+
+async def ledger_spend(budget: Budget, now: float) -> int:
+    """Spend to rebuild a lost counter from: this process's queued usage first goes to the
+    ledger, so what it settled before the loss is counted."""
+    from llmproxy.gateway.usage_sink import sink
+
+    await asyncio.to_thread(sink.flush, 10.0)
+    return await dbthreads.run(spent_in_period, budget, now)
+
+
+def spent_in_period(budget: Budget, now: float) -> int:
+    """Recorded spend for the budget's current period, in counter units (sync: ORM)."""
+    from django.db.models import Sum
+
+    from billing.models import UsageEvent
+
+    start = period_start(budget.period, datetime.fromtimestamp(now, UTC))
+    scope = {"api_key_id" if budget.scope == "key" else "team_id": budget.owner_id}
+    total = UsageEvent.objects.filter(created_at__gte=start, **scope).aggregate(
+        total=Sum("cost_usd")
+    )["total"]
+    return to_units(total or Decimal(0))
+
+
+def _refusal(code: int, ticket: Ticket, now: float, budget: Budget | None) -> ProxyError:
+    policy = ticket.policy
+    to_next_minute = max(1, math.ceil(60 - now % 60))
+    if code == 1:
+        message = f"This key allows {policy.max_concurrent} concurrent requests; wait for one."
+        error = ProxyError(ErrorKind.RATE_LIMIT, message, retry_after=1)
+    elif code == 2:
+        message = f"This key allows {policy.rpm} requests per minute."
+        error = ProxyError(ErrorKind.RATE_LIMIT, message, retry_after=to_next_minute)
+    elif code == 3:
+        message = f"This key allows {policy.tpm} tokens per minute."
+        error = ProxyError(ErrorKind.RATE_LIMIT, message, retry_after=to_next_minute)
+    else:
+        assert budget is not None
+        owner = "This key's" if budget.scope == "key" else "The key's team's"
+        error = ProxyError(
+            ErrorKind.BILLING,
+            f"{owner} budget of ${budget.limit_usd} per {budget.period} is spent or reserved "
+            f"by requests in flight (this request could cost up to "
+            f"${from_units(ticket.reserved_units).normalize():f}).",
+        )
+    error.headers.update(state_headers(ticket, now))
+    return error
+
+
+def state_headers(ticket: Ticket, now: float) -> dict[str, str]:
+    """Remaining budget and rate limits, named like the providers' ratelimit headers."""
+    policy, state = ticket.policy, ticket.state
+    headers: dict[str, str] = {}
+    reset = f"{max(1, math.ceil(60 - now % 60))}s"
+    if policy.rpm is not None:
+        headers["x-llmproxy-ratelimit-limit-requests"] = str(policy.rpm)
+        headers["x-llmproxy-ratelimit-remaining-requests"] = str(
+            max(0, policy.rpm - state.rpm_used)
+        )
+        headers["x-llmproxy-ratelimit-reset-requests"] = reset
+    if policy.tpm is not None:
+        headers["x-llmproxy-ratelimit-limit-tokens"] = str(policy.tpm)
+        headers["x-llmproxy-ratelimit-remaining-tokens"] = str(max(0, policy.tpm - state.tpm_used))
+        headers["x-llmproxy-ratelimit-reset-tokens"] = reset
+    if state.budget is not None and state.budget_left_units is not None:
+        left = max(0, state.budget_left_units)
+        headers["x-llmproxy-budget-limit-usd"] = f"{state.budget.limit_usd:f}"
+        headers["x-llmproxy-budget-remaining-usd"] = f"{from_units(left).quantize(UNIT):f}"
+        headers["x-llmproxy-budget-period"] = state.budget.period
+    return headers
+
+
+def _tightest(state: State, budget: Budget, left: int) -> None:
+    if state.budget_left_units is None or left < state.budget_left_units:
+        state.budget, state.budget_left_units = budget, left
+
+
+class LocalLimiter:
+    """The embedded twin of the Redis script: the same checks, in process memory."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.slots: dict[int, dict[str, float]] = {}
+        self.reservations: dict[str, dict[str, tuple[int, float]]] = {}
+
+    async def admit(self, policy: KeyPolicy, estimate: int = 0, now: float | None = None):
+        now = time.time() if now is None else now
+        ticket = Ticket(new_id(), policy, int(now // 60), estimate)
+        if not policy.limited:
+            ticket.released = True  # nothing to count or release
+            return ticket
+        ticket.budget_keys = [budget_keys(b, now) for b in policy.budgets]
+        for budget, (spend, _) in zip(policy.budgets, ticket.budget_keys, strict=True):
+            if spend not in self.counters:
+                spent = await ledger_spend(budget, now)
+                self.counters.setdefault(spend, spent)
+        # From here on no await: check and update happen as one step.
+        self._check(ticket, now)
+        self.slots.setdefault(policy.key_id, {})[ticket.id] = now + HOLD_TTL
+        rpm = f"{PREFIX}rpm:{policy.key_id}:{ticket.minute}"
+        self.counters[rpm] = self.counters.get(rpm, 0) + 1
+        ticket.state.rpm_used += 1
+        for _, reservations in ticket.budget_keys:
+            self.reservations.setdefault(reservations, {})[ticket.id] = (estimate, now + HOLD_TTL)
+        self._forget_old_minutes(ticket.minute)
+        return ticket
+
+    def _check(self, ticket: Ticket, now: float) -> None:
+        policy, state = ticket.policy, ticket.state
+        slots = self.slots.setdefault(policy.key_id, {})
+        for held in [t for t, expiry in slots.items() if expiry <= now]:
+            del slots[held]
+        state.rpm_used = self.counters.get(f"{PREFIX}rpm:{policy.key_id}:{ticket.minute}", 0)
+        state.tpm_used = self.counters.get(f"{PREFIX}tpm:{policy.key_id}:{ticket.minute}", 0)
+        if policy.max_concurrent is not None and len(slots) >= policy.max_concurrent:
+            raise _refusal(1, ticket, now, None)
+        if policy.rpm is not None and state.rpm_used >= policy.rpm:
+            raise _refusal(2, ticket, now, None)
+        if policy.tpm is not None and state.tpm_used >= policy.tpm:
+            raise _refusal(3, ticket, now, None)
+        for budget, (spend, reservations) in zip(policy.budgets, ticket.budget_keys, strict=True):
+            held = self.reservations.setdefault(reservations, {})
+            for expired in [t for t, (_, expiry) in held.items() if expiry <= now]:
+                del held[expired]
+            used = self.counters[spend] + sum(amount for amount, _ in held.values())
+            room = to_units(budget.limit_usd) - used
+            _tightest(state, budget, room - ticket.reserved_units)
+            if room <= 0 or room < ticket.reserved_units:
+                state.budget, state.budget_left_units = budget, room  # what is left without it
+                raise _refusal(4, ticket, now, budget)
+
+    async def settle(self, ticket: Ticket, cost: Decimal, tokens: int) -> None:
+        if ticket.released:
+            return
+        ticket.released = True
+        self.slots.get(ticket.policy.key_id, {}).pop(ticket.id, None)
+        tpm = f"{PREFIX}tpm:{ticket.policy.key_id}:{ticket.minute}"
+        self.counters[tpm] = self.counters.get(tpm, 0) + tokens
+        for spend, reservations in ticket.budget_keys:
+            self.reservations.get(reservations, {}).pop(ticket.id, None)
+            if spend in self.counters:
+                self.counters[spend] += to_units(cost)
+
+    def forget_spend(self) -> None:
+        """Drop every spend counter, as a Redis flush would (tests, reconciliation)."""
+        for name in [n for n in self.counters if n.startswith(f"{PREFIX}spend:")]:
+            del self.counters[name]
+
+    def _forget_old_minutes(self, minute: int) -> None:
+        if len(self.counters) < 10_000:
+            return
+        for name in [n for n in self.counters if n.startswith((f"{PREFIX}rpm:", f"{PREFIX}tpm:"))]:
+            if int(name.rsplit(":", 1)[1]) < minute - 1:
+                del self.counters[name]
+
+
+# KEYS: slots, rpm, tpm, then (spend, reservations) per budget.
+# ARGV: now, ticket, hold expiry, max concurrent, rpm, tpm (-1: no limit), estimate, then one
+# limit per budget. Returns {code, index, rpm used, tpm used, least room left after this
+# request's reservation, that budget's index}:
+# code 0 admitted, 1-3 rate refusals, 4 budget #index refused, 9 spend counter #index missing.
+ADMIT_SCRIPT = """
+local now = tonumber(ARGV[1])
+local max_concurrent = tonumber(ARGV[4])
+local rpm = tonumber(ARGV[5])
+local tpm = tonumber(ARGV[6])
+local estimate = tonumber(ARGV[7])
+local budgets = (#KEYS - 3) / 2
+local rpm_used = tonumber(redis.call('GET', KEYS[2]) or '0')
+local tpm_used = tonumber(redis.call('GET', KEYS[3]) or '0')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if max_concurrent >= 0 and redis.call('ZCARD', KEYS[1]) >= max_concurrent then
+  return {1, 0, rpm_used, tpm_used, 0, 0}
+end
+if rpm >= 0 and rpm_used >= rpm then return {2, 0, rpm_used, tpm_used, 0, 0} end
+if tpm >= 0 and tpm_used >= tpm then return {3, 0, rpm_used, tpm_used, 0, 0} end
+local least, least_index = nil, 0
+for i = 1, budgets do
+  local spent = redis.call('GET', KEYS[2 + 2 * i])
+  if not spent then return {9, i, rpm_used, tpm_used, 0, 0} end
+  local reserved = 0
+  local held = redis.call('HGETALL', KEYS[3 + 2 * i])
+  for j = 1, #held, 2 do
+    local sep = string.find(held[j + 1], ':', 1, true)
+    local amount = tonumber(string.sub(held[j + 1], 1, sep - 1))
+    if tonumber(string.sub(held[j + 1], sep + 1)) <= now then
+      redis.call('HDEL', KEYS[3 + 2 * i], held[j])
+    else
+      reserved = reserved + amount
+    end
+  end
+  local room = tonumber(ARGV[7 + i]) - tonumber(spent) - reserved
+  if least == nil or room - estimate < least then least, least_index = room - estimate, i end
+  if room <= 0 or room < estimate then return {4, i, rpm_used, tpm_used, room, i} end
+end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[3]), ARGV[2])
+redis.call('EXPIRE', KEYS[1], 7200)
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], 120)
+for i = 1, budgets do
+  redis.call('HSET', KEYS[3 + 2 * i], ARGV[2], estimate .. ':' .. ARGV[3])
+  redis.call('EXPIRE', KEYS[3 + 2 * i], 7200)
+end
+return {0, 0, rpm_used + 1, tpm_used, least or 0, least_index}
+"""
+
+# KEYS: slots, tpm, then (spend, reservations) per budget; ARGV: ticket, tokens, cost units.
+# A spend counter that vanished stays missing: the next admission rebuilds it from the ledger.
+SETTLE_SCRIPT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('INCRBY', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], 120)
+end
+for i = 3, #KEYS, 2 do
+  redis.call('HDEL', KEYS[i + 1], ARGV[1])
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[3]) end
+end
+return 1
+"""
+
+
+class RedisLimiter:
+    def __init__(self) -> None:
+        self._scripts = PerLoop(self._register)
+
+    def _register(self):
+        client = hotstore.async_redis()
+        return client.register_script(ADMIT_SCRIPT), client.register_script(SETTLE_SCRIPT)
+
+    async def admit(self, policy: KeyPolicy, estimate: int = 0, now: float | None = None):
+        now = time.time() if now is None else now
+        ticket = Ticket(new_id(), policy, int(now // 60), estimate)
+        if not policy.limited:
+            ticket.released = True  # nothing to count or release
+            return ticket
+        ticket.budget_keys = [budget_keys(b, now) for b in policy.budgets]
+        admit_script, _ = self._scripts.get()
+        keys = [
+            f"{PREFIX}slots:{policy.key_id}",
+            f"{PREFIX}rpm:{policy.key_id}:{ticket.minute}",
+            f"{PREFIX}tpm:{policy.key_id}:{ticket.minute}",
+            *(name for pair in ticket.budget_keys for name in pair),
+        ]
+        args = [
+            now,
+            ticket.id,
+            now + HOLD_TTL,
+            _limit(policy.max_concurrent),
+            _limit(policy.rpm),
+            _limit(policy.tpm),
+            estimate,
+            *(to_units(b.limit_usd) for b in policy.budgets),
+        ]
+        for _attempt in range(3):
+            code, index, rpm_used, tpm_used, least, least_index = await admit_script(
+                keys=keys, args=args
+            )
+            if code != 9:
+                break
+            await self._rebuild(policy.budgets[index - 1], ticket.budget_keys[index - 1][0], now)
+        ticket.state = State(int(rpm_used), int(tpm_used))
+        if least_index:
+            _tightest(ticket.state, policy.budgets[least_index - 1], int(least))
+        if code == 0:
+            return ticket
+        if code == 9:
+            raise ProxyError(ErrorKind.INTERNAL, "The spend ledger is unavailable; try again.")
+        budget = policy.budgets[index - 1] if code == 4 else None
+        raise _refusal(code, ticket, now, budget)
+
+    async def _rebuild(self, budget: Budget, counter: str, now: float) -> None:
+        spent = await ledger_spend(budget, now)
+        await hotstore.async_redis().set(counter, spent, nx=True, ex=_spend_ttl(budget, now))
+
+    async def settle(self, ticket: Ticket, cost: Decimal, tokens: int) -> None:
+        if ticket.released:
+            return
+        ticket.released = True
+        _, settle_script = self._scripts.get()
+        key_id = ticket.policy.key_id
+        keys = [f"{PREFIX}slots:{key_id}", f"{PREFIX}tpm:{key_id}:{ticket.minute}"]
+        budget_keys = [name for pair in ticket.budget_keys for name in pair]
+        await settle_script(keys=[*keys, *budget_keys], args=[ticket.id, tokens, to_units(cost)])
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+_limiters = PerLoop(lambda: RedisLimiter() if settings.REDIS_URL else _local)
+_local = LocalLimiter()
+
+
+def limiter() -> LocalLimiter | RedisLimiter:
+    return _limiters.get()
+
+
+# KEYS: spend counter; ARGV: the ledger's spend, ttl. Raises the counter to the ledger when it
+# fell below it (increments lost with Redis); never lowers it (settled spend may be on its
+# way to the ledger still).
+RECONCILE_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
+def reconcile(budgets: list[Budget], now: float | None = None) -> int:
+    """Bring Redis spend counters up to the usage ledger (sync; Celery beat). Returns fixes."""
+    if not settings.REDIS_URL:
+        return 0  # embedded: the counters live in the web process and rebuild themselves
+    now = time.time() if now is None else now
+    script = hotstore.sync_redis().register_script(RECONCILE_SCRIPT)
+    fixed = 0
+    for budget in budgets:
+        spend, _ = budget_keys(budget, now)
+        ledger = spent_in_period(budget, now)
+        fixed += script(keys=[spend], args=[ledger, _spend_ttl(budget, now)])
+    return fixed

@@ -1,0 +1,345 @@
+"""The Responses API over a websocket, as Codex uses it (``GET /v1/responses`` upgraded).
+
+The key is checked at the upgrade; then every ``response.create`` frame runs through the same
+pipeline as an HTTP request (authenticate, authorize, admit, settle), one frame at a time.
+
+Where the provider serves Responses over a websocket itself (``Provider.websockets``), this
+connection holds one upstream socket per provider and relays frames both ways unchanged;
+the provider keeps the connection's state, so ``previous_response_id`` with incremental
+input works as it does directly. Otherwise (or when that upstream socket cannot be opened)
+each frame is bridged to the provider's HTTP SSE endpoint and each SSE event's JSON goes back
+as one text frame, unchanged. Codex sends ``previous_response_id`` with only the new input
+items even with ``store: false``; over HTTP the provider keeps nothing, so this connection
+keeps each response's full input and output and expands the next frame to the whole history
+before forwarding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+
+import aiohttp
+import orjson
+from channels.consumer import AsyncConsumer
+from django.conf import settings
+
+from llmproxy.core.ids import new_id
+from llmproxy.gateway import pipeline, upstream
+from llmproxy.gateway.errors import ErrorKind, ProxyError
+from llmproxy.gateway.policy import ProviderInfo, policies
+from llmproxy.gateway.protocols import openai
+from llmproxy.gateway.protocols.sse import SSESplitter
+
+log = logging.getLogger(__name__)
+
+TERMINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+# Events after which an upstream websocket has finished one response.create.
+FINISHED = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
+HISTORY_KEPT = 8  # responses remembered per connection for previous_response_id
+
+
+class History:
+    """Full input + output of this connection's recent responses, by response id."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, list] = OrderedDict()
+
+    def expand(self, body: dict) -> dict:
+        previous = body.get("previous_response_id")
+        if not isinstance(previous, str) or previous not in self._items:
+            return body  # unknown here: the provider may know it (store: true)
+        new_input = body.get("input", [])
+        if isinstance(new_input, str):
+            new_input = [{"role": "user", "content": new_input}]
+        expanded = {k: v for k, v in body.items() if k != "previous_response_id"}
+        expanded["input"] = [*self._items[previous], *new_input]
+        return expanded
+
+    def remember(self, response_id: str, full_input: list, output: list) -> None:
+        self._items[response_id] = [*full_input, *output]
+        while len(self._items) > HISTORY_KEPT:
+            self._items.popitem(last=False)
+
+
+def _event(text: str) -> dict:
+    try:
+        event = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def error_frame(error: ProxyError) -> dict:
+    return {
+        "type": "error",
+        "status": openai.PROTOCOL.error_status(error),
+        "error": openai.PROTOCOL.error_object(error),
+    }
+
+
+class ResponsesSocket(AsyncConsumer):
+    async def __call__(self, scope, receive, send):
+        self.scope = scope
+        self.base_send = send
+        self.history = History()
+        self.upstreams: dict[int, aiohttp.ClientWebSocketResponse] = {}  # by provider id
+        self.bridged: set[int] = set()  # providers whose websocket could not be opened
+        if (await receive())["type"] != "websocket.connect":
+            return
+        if not settings.LLMPROXY_WEBSOCKETS:
+            await self._refuse_upgrade(scope, send)
+            return
+        incoming = pipeline.Incoming("GET", scope["path"], b"", scope["headers"], b"")
+        await send({"type": "websocket.accept"})
+        try:
+            await pipeline.authenticate(incoming)
+        except ProxyError as error:
+            # An error event Codex shows, rather than a refused upgrade it would retry blindly.
+            await self._send_json(error_frame(error))
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        frames: asyncio.Queue[str] = asyncio.Queue()
+        worker = asyncio.ensure_future(self._work(frames))
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message["type"] == "websocket.receive":
+                    text = message.get("text")
+                    if text is None:
+                        text = (message.get("bytes") or b"").decode("utf-8", "replace")
+                    frames.put_nowait(text)
+        finally:
+            worker.cancel()  # a response still streaming is cancelled and settled as partial
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+            for socket in self.upstreams.values():
+                await socket.close()
+
+    async def _refuse_upgrade(self, scope, send) -> None:
+        """426: Codex falls back to HTTP at once (anything else costs it retries)."""
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = openai.PROTOCOL.error_body(
+                ProxyError(ErrorKind.INVALID_REQUEST, "Websockets are off here; use HTTP.")
+            )
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 426,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1013})
+
+    async def _send_json(self, event: dict) -> None:
+        await self.base_send({"type": "websocket.send", "text": orjson.dumps(event).decode()})
+
+    async def _work(self, frames: asyncio.Queue[str]) -> None:
+        while True:
+            text = await frames.get()
+            try:
+                await self._handle(text)
+            except ProxyError as error:
+                await self._send_json(error_frame(error))
+
+    async def _handle(self, text: str) -> None:
+        try:
+            frame = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise ProxyError(ErrorKind.INVALID_REQUEST, "A frame is not valid JSON.") from None
+        if not isinstance(frame, dict) or frame.get("type") != "response.create":
+            raise ProxyError(
+                ErrorKind.INVALID_REQUEST, 'Each frame must be {"type": "response.create", ...}.'
+            )
+        body = {k: v for k, v in frame.items() if k not in ("type", "generate")}
+        provider = await self._websocket_provider(body)
+        if provider is not None and await self._through_upstream_socket(provider, frame, body):
+            return
+        if frame.get("generate") is False:
+            await self._warm_up(body)
+            return
+        body = self.history.expand(body)
+        body["stream"] = True
+        incoming = pipeline.Incoming(
+            "POST", "/v1/responses", b"", self.scope["headers"], orjson.dumps(body)
+        )
+        reply = await pipeline.handle(incoming, openai.PROTOCOL, openai.RESPONSES)
+        await self._relay(reply, body)
+
+    # --- the provider's own websocket ---------------------------------------------------------
+
+    async def _websocket_provider(self, body: dict) -> ProviderInfo | None:
+        """The provider of this frame's model, if it takes Responses over a websocket."""
+        model = body.get("model")
+        if not isinstance(model, str):
+            return None
+        found = (await policies.catalog()).route(model, openai.PROTOCOL.provider_kind)
+        if found is None or not found[0].websockets or found[0].id in self.bridged:
+            return None
+        return found[0]
+
+    async def _upstream_socket(self, provider: ProviderInfo) -> aiohttp.ClientWebSocketResponse:
+        socket = self.upstreams.get(provider.id)
+        if socket is not None and not socket.closed:
+            return socket
+        url = provider.base_url.replace("http", "ws", 1) + openai.RESPONSES.upstream_path
+        headers = pipeline.upstream_headers(openai.PROTOCOL, provider, self.scope["headers"])
+        async with asyncio.timeout(settings.LLMPROXY_CONNECT_TIMEOUT):
+            socket = await upstream.get().websocket(url, headers)
+        self.upstreams[provider.id] = socket
+        return socket
+
+    async def _resend_on_a_new_socket(
+        self, provider: ProviderInfo, payload: str
+    ) -> aiohttp.ClientWebSocketResponse:
+        stale = self.upstreams.pop(provider.id, None)
+        if stale is not None:
+            await stale.close()
+        socket = await self._upstream_socket(provider)
+        await socket.send_str(payload)
+        return socket
+
+    async def _through_upstream_socket(
+        self, provider: ProviderInfo, frame: dict, body: dict
+    ) -> bool:
+        """Run one frame over the provider's websocket; False: bridge it to HTTP instead."""
+        incoming = pipeline.Incoming(
+            "POST", "/v1/responses", b"", self.scope["headers"], orjson.dumps(body)
+        )
+        exchange = await pipeline.prepare(incoming, openai.PROTOCOL, openai.RESPONSES)
+        reused = provider.id in self.upstreams
+        try:
+            socket = await self._upstream_socket(exchange.provider)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The exception's str, never its repr: aiohttp's repr carries the request headers,
+            # the provider's credential among them.
+            log.warning(
+                "provider %r: no Responses websocket (%s: %s); bridging this connection to HTTP",
+                provider.name, type(exc).__name__, exc,
+            )  # fmt: skip
+            self.bridged.add(provider.id)
+            return False
+        warm_up = frame.get("generate") is False
+        if not warm_up:  # a warm-up generates nothing: not admitted, not billed
+            await exchange.admit()
+        outgoing = dict(frame)
+        exchange.rewrite(outgoing)
+        exchange.tap = openai.PROTOCOL.tap(True, exchange.info, exchange.endpoint)
+        status, finished, error = 200, False, ""
+        payload = orjson.dumps(outgoing).decode()
+        try:
+            try:
+                await socket.send_str(payload)
+            except ConnectionError:
+                if not reused:
+                    raise
+                socket, reused = await self._resend_on_a_new_socket(provider, payload), False
+            while not finished:
+                message = await socket.receive()
+                if message.type != aiohttp.WSMsgType.TEXT and reused and not exchange.first_byte:
+                    # The provider closed the socket while it sat idle between turns: this
+                    # frame was never answered, so send it once more on a new socket.
+                    socket, reused = await self._resend_on_a_new_socket(provider, payload), False
+                    continue
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    status, error = 502, f"provider websocket ended ({message.type.name})"
+                    await self._send_json(
+                        error_frame(
+                            ProxyError(
+                                ErrorKind.UPSTREAM_UNAVAILABLE,
+                                f"The websocket to provider {provider.name!r} closed mid-answer.",
+                            )
+                        )
+                    )
+                    break
+                if exchange.first_byte is None:
+                    exchange.first_byte = time.perf_counter()
+                await self.base_send({"type": "websocket.send", "text": message.data})
+                event = _event(message.data)
+                if event.get("type") in FINISHED:
+                    exchange.tap.read_payload(event)
+                    finished = True
+        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+            status, error = 502, f"provider websocket failed: {type(exc).__name__}"
+            raise ProxyError(
+                ErrorKind.UPSTREAM_UNAVAILABLE,
+                f"The websocket to provider {provider.name!r} failed ({type(exc).__name__}).",
+            ) from None
+        finally:
+            if not finished:
+                # Mid-answer (the client left, or the provider's socket broke): that socket's
+                # state is unknown now, so it is not used again.
+                self.upstreams.pop(provider.id, None)
+                await asyncio.shield(socket.close())
+                error = error or "client disconnected"
+            if not warm_up:
+                await asyncio.shield(exchange.settle(status, partial=not finished, error=error))
+        return True
+
+    async def _warm_up(self, body: dict) -> None:
+        """``generate: false`` only warms the connection: answered here, never billed."""
+        response = {
+            "id": f"resp_warmup_{new_id()}",
+            "object": "response",
+            "status": "completed",
+            "model": body.get("model"),
+            "output": [],
+            "usage": {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0},
+        }
+        await self._send_json({"type": "response.created", "response": response})
+        await self._send_json({"type": "response.completed", "response": response})
+        items = body.get("input")
+        self.history.remember(response["id"], items if isinstance(items, list) else [], [])
+
+    async def _relay(self, reply: pipeline.Reply, body: dict) -> None:
+        try:
+            response_id, output = await self._relay_events(reply)
+        finally:
+            await reply.finish()
+        if response_id:
+            items = body.get("input")
+            self.history.remember(response_id, items if isinstance(items, list) else [], output)
+
+    async def _relay_events(self, reply: pipeline.Reply) -> tuple[str | None, list]:
+        if reply.stream is None or reply.status >= 400:
+            await self._relay_error(reply)
+            return None, []
+        events = SSESplitter()
+        output: list = []
+        response_id = None
+        async for chunk in reply.stream:
+            for name, data in events.feed(chunk):
+                await self.base_send({"type": "websocket.send", "text": data.decode()})
+                if name == b"response.output_item.done" or name in TERMINAL:
+                    response_id = self._track(name, data, output) or response_id
+        return response_id, output
+
+    @staticmethod
+    def _track(name: bytes, data: bytes, output: list) -> str | None:
+        event = orjson.loads(data)
+        if name == b"response.output_item.done":
+            output.append(event.get("item"))
+            return None
+        response = event.get("response") or {}
+        if response.get("output"):
+            output[:] = response["output"]
+        return response.get("id")
+
+    async def _relay_error(self, reply: pipeline.Reply) -> None:
+        body = reply.body
+        if reply.stream is not None:
+            body = b"".join([chunk async for chunk in reply.stream])
+        try:
+            error = orjson.loads(body).get("error")
+        except (orjson.JSONDecodeError, AttributeError):
+            error = None
+        if not isinstance(error, dict):
+            error = {"message": f"upstream answered HTTP {reply.status}", "type": "server_error"}
+        await self._send_json({"type": "error", "status": reply.status, "error": error})

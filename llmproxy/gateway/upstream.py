@@ -1,0 +1,138 @@
+"""The one upstream HTTP client of each process, and the header rules both ways.
+
+httpx is the client API (requests, responses, the transport interface); the transport is
+aiohttp's, chosen by benchmark (DESIGN.md, docs/benchmarks.md). The proxy path hands its
+``httpx.Request`` straight to the transport: a proxy must not follow redirects, run auth flows
+or keep cookies, and skipping ``AsyncClient.send``'s machinery for them saves a third of the
+client's cost per call. Swapping the transport is a change to ``_transport`` alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import aiohttp
+import httpx
+from django.conf import settings
+from httpx_aiohttp import AiohttpTransport
+
+from llmproxy.core.loopbound import PerLoop
+
+
+def _session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=settings.LLMPROXY_POOL_SIZE,
+        keepalive_timeout=60,
+        enable_cleanup_closed=True,
+    )
+    # DummyCookieJar: upstream cookies must never travel from one user's call to another's.
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        trust_env=False,
+    )
+
+
+def _transport() -> httpx.AsyncBaseTransport:
+    return AiohttpTransport(client=_session)
+
+
+class Upstream:
+    """The per-loop transport (one connection pool) and a client over it for rare calls."""
+
+    def __init__(self) -> None:
+        self.transport = _transport()
+        connect = settings.LLMPROXY_CONNECT_TIMEOUT
+        self.timeouts = {
+            "connect": connect,
+            "read": settings.LLMPROXY_READ_TIMEOUT,
+            "write": connect,
+            "pool": connect,
+        }
+        self.client = httpx.AsyncClient(
+            transport=self.transport,
+            timeout=httpx.Timeout(**self.timeouts),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        self._urls: dict[str, httpx.URL] = {}
+        self._ws_session: aiohttp.ClientSession | None = None
+
+    def url(self, text: str) -> httpx.URL:
+        # Provider URLs repeat: parse each once (httpx's URL parser is not cheap).
+        found = self._urls.get(text)
+        if found is None:
+            found = httpx.URL(text)
+            if len(self._urls) < 1000:
+                self._urls[text] = found
+        return found
+
+    async def send(
+        self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> httpx.Response:
+        request = httpx.Request(
+            method, self.url(url), headers=headers, content=body,
+            extensions={"timeout": self.timeouts},
+        )  # fmt: skip
+        return await self.transport.handle_async_request(request)
+
+    async def websocket(
+        self, url: str, headers: list[tuple[bytes, bytes]]
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A websocket to the provider (Responses over websocket); aiohttp errors propagate."""
+        if self._ws_session is None:
+            self._ws_session = _session()
+        return await self._ws_session.ws_connect(
+            url,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
+            timeout=aiohttp.ClientWSTimeout(ws_receive=settings.LLMPROXY_READ_TIMEOUT),
+            max_msg_size=0,  # a response.completed event carries the whole response
+            autoping=True,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()  # closes the shared transport too
+        if self._ws_session is not None:
+            await self._ws_session.close()
+
+
+_upstreams = PerLoop(Upstream)
+
+
+def get() -> Upstream:
+    return _upstreams.get()
+
+
+async def close() -> None:
+    existing = _upstreams.pop()
+    if existing is not None:
+        await existing.aclose()
+
+
+def pick_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+    exact: frozenset[bytes],
+    prefixes: tuple[bytes, ...],
+) -> list[tuple[bytes, bytes]]:
+    """Keep the headers named in ``exact`` or starting with one of ``prefixes``."""
+    kept = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in exact or lowered.startswith(prefixes):
+            kept.append((lowered, value))
+    return kept
+
+
+def is_timeout(exc: httpx.HTTPError) -> bool:
+    """Did the provider fail to answer in time (rather than refuse or break the connection)?
+
+    httpx-aiohttp maps aiohttp's connection-refused error to ConnectTimeout, so look at the
+    aiohttp exception underneath before trusting the httpx class.
+    """
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(
+        cause, aiohttp.ServerTimeoutError
+    ):
+        return False
+    return isinstance(exc, httpx.TimeoutException) or isinstance(cause, TimeoutError)

@@ -1,1 +1,0 @@
-"""Test doubles for what llmproxy does not own: the LLM providers."""

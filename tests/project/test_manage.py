@@ -1,0 +1,246 @@
+"""Management commands that ops scripts rely on: output shape, idempotency, one-line errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+
+from accounts import services as key_services
+from accounts.models import ApiKey, Team
+from billing.models import Price
+from llmproxy.gateway.models import ModelRoute, Provider
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def test_createkey_prints_the_secret_alone_on_the_last_line(alice):
+    Team.objects.create(name="platform")
+    output = run(
+        "createkey",
+        "ci bot",
+        "--owner",
+        "alice",
+        "--team",
+        "platform",
+        "--models",
+        "claude-*,gpt-5*",
+        "--tools",
+        "web_search*",
+        "--budget",
+        "12.5",
+        "--period",
+        "week",
+        "--rpm",
+        "60",
+        "--tpm",
+        "100000",
+        "--max-concurrent",
+        "4",
+        "--expires",
+        "2099-01-01T00:00:00",
+    )
+    secret = output.rstrip("\n").splitlines()[-1]
+    key = key_services.find_key(secret)
+    assert key is not None and key.name == "ci bot"
+    assert key.owner == alice and key.team.name == "platform"
+    assert key.allowed_models == ["claude-*", "gpt-5*"]
+    assert key.allowed_tools == ["web_search*"]
+    assert str(key.budget_usd) == "12.5000" and key.budget_period == "week"
+    assert (key.rpm, key.tpm, key.max_concurrent) == (60, 100000, 4)
+    assert key.expires_at.year == 2099 and key.expires_at.tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--owner", "nobody"], "no user named"),
+        (["--team", "ghosts"], "no team named"),
+        (["--budget", "lots"], "must be a number"),
+        (["--budget", "-1"], "zero or more"),
+        (["--rpm", "0"], "positive integer"),
+        (["--expires", "tomorrow"], "ISO 8601"),
+        (["--expires", "2001-01-01"], "in the past"),
+        (["--models", "a,,b"], "without empty items"),
+    ],
+)
+def test_createkey_rejects_bad_arguments(args, message):
+    with pytest.raises(CommandError, match=message):
+        run("createkey", "bad", *args)
+    assert not ApiKey.objects.exists()
+
+
+def test_addprovider_creates_then_updates_with_routes():
+    output = run(
+        "addprovider",
+        "anthropic",
+        "--kind",
+        "anthropic",
+        "--base-url",
+        "https://api.anthropic.com/",
+        "--api-key",
+        "sk-ant-1",
+        "--models",
+        "claude-*",
+    )
+    assert output.startswith("Created provider anthropic")
+    assert "sk-ant-1" not in output
+    provider = Provider.objects.get(name="anthropic")
+    assert provider.base_url == "https://api.anthropic.com"
+    assert provider.credential == "sk-ant-1"
+    assert list(ModelRoute.objects.values_list("pattern", flat=True)) == ["claude-*"]
+
+    output = run(
+        "addprovider",
+        "anthropic",
+        "--kind",
+        "anthropic",
+        "--base-url",
+        "https://gw.internal",
+        "--api-key",
+        "sk-ant-2",
+        "--models",
+        "claude-*,opus",
+    )
+    assert output.startswith("Updated provider anthropic")
+    provider.refresh_from_db()
+    assert provider.credential == "sk-ant-2" and provider.base_url == "https://gw.internal"
+    assert ModelRoute.objects.count() == 2
+
+
+def test_addprovider_reads_the_key_from_an_environment_variable(monkeypatch):
+    monkeypatch.setenv("UPSTREAM_KEY", "sk-from-env")
+    run(
+        "addprovider",
+        "oa",
+        "--kind",
+        "openai",
+        "--base-url",
+        "https://api.openai.com",
+        "--api-key-env",
+        "UPSTREAM_KEY",
+    )
+    assert Provider.objects.get(name="oa").credential == "sk-from-env"
+    with pytest.raises(CommandError, match="MISSING_VAR is empty or unset"):
+        run(
+            "addprovider",
+            "oa",
+            "--kind",
+            "openai",
+            "--base-url",
+            "https://x.example",
+            "--api-key-env",
+            "MISSING_VAR",
+        )
+
+
+def test_addprovider_marks_an_openai_provider_as_serving_websockets():
+    common = ["--base-url", "https://api.openai.com", "--api-key", "sk-1"]
+    run("addprovider", "oa", "--kind", "openai", "--websockets", *common)
+    assert Provider.objects.get(name="oa").websockets is True
+    run("addprovider", "oa", "--kind", "openai", *common)  # not given: left as it was
+    assert Provider.objects.get(name="oa").websockets is True
+    run("addprovider", "oa", "--kind", "openai", "--no-websockets", *common)
+    assert Provider.objects.get(name="oa").websockets is False
+    with pytest.raises(CommandError, match="only an openai provider"):
+        run("addprovider", "an", "--kind", "anthropic", "--websockets", *common)
+
+
+def test_addprovider_rejects_a_bad_url():
+    with pytest.raises(CommandError, match="not an http"):
+        run("addprovider", "x", "--kind", "openai", "--base-url", "ftp://x", "--api-key", "k")
+    with pytest.raises(CommandError, match="invalid choice"):
+        run("addprovider", "x", "--kind", "gemini", "--base-url", "https://x", "--api-key", "k")
+
+
+def test_bootstrap_is_idempotent_and_shows_the_password_once():
+    first = run("bootstrap", "--url", "http://127.0.0.1:9999")
+    assert "Admin: http://127.0.0.1:9999/admin/" in first
+    login = next(line for line in first.splitlines() if line.startswith("Login: "))
+    username, password = login.removeprefix("Login: ").split("  ")[0].split(" / ")
+    user = get_user_model().objects.get(username=username)
+    assert user.is_superuser and user.check_password(password)
+    assert Price.objects.exists()
+
+    second = run("bootstrap")
+    assert password not in second and "Login:" not in second
+    assert get_user_model().objects.count() == 1
+
+
+def test_loadprices_refreshes_from_a_file(tmp_path):
+    output = run("loadprices")
+    assert int(re.search(r"(\d+) created", output).group(1)) > 0
+    custom = tmp_path / "p.json"
+    custom.write_text(
+        '{"prices": [{"model_pattern": "claude-haiku-4-5*", '
+        '"input_per_mtok": "9", "output_per_mtok": "99"}]}'
+    )
+    assert "0 created, 1 updated" in run("loadprices", "--file", str(custom))
+    assert str(Price.objects.get(model_pattern="claude-haiku-4-5*").input_per_mtok) == "9.000000"
+    custom.write_text('{"prices": [{"model_pattern": "x"}]}')
+    with pytest.raises(CommandError, match="missing input_per_mtok"):
+        run("loadprices", "--file", str(custom))
+
+
+def _manage(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    environment = {
+        "PATH": os.environ["PATH"],
+        "DJANGO_DEBUG": "true",
+        "LLMPROXY_DATA_DIR": str(tmp_path),
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["createkey", "x", "--rpm", "many"],
+        ["createkey", "x", "--period", "year"],
+        ["createkey", "x", "--owner", "nobody"],
+        ["addprovider", "p", "--kind", "openai"],
+        ["addprovider", "p", "--kind", "openai", "--base-url", "nope", "--api-key", "k"],
+    ],
+)
+def test_bad_arguments_give_one_line_and_a_non_zero_exit(tmp_path, args):
+    assert _manage("migrate", "-v0", tmp_path=tmp_path).returncode == 0
+    result = _manage(*args, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "error" in lines[0].lower()
+
+
+def test_createkey_in_a_fresh_process_prints_a_working_secret(tmp_path):
+    assert _manage("migrate", "-v0", tmp_path=tmp_path).returncode == 0
+    result = _manage("createkey", "script", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n")
+    assert result.stdout.splitlines()[-1].startswith("llmp-")
+
+
+def test_migrations_are_complete():
+    out = io.StringIO()
+    call_command("makemigrations", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()
