@@ -13,6 +13,35 @@ from accounts import keys
 from accounts.models import ApiKey, ApiToken, BudgetPeriod, ReserveMode, Team
 
 
+class NotAllowed(Exception):
+    """A change the person asking may not make; the message says why."""
+
+
+# What a key's owner may change: names and tags freely; limits only downwards.
+OWNER_FREE = {"name", "tags"}
+OWNER_LOWER = {"budget_usd", "rpm", "tpm", "max_concurrent"}
+OWNER_NARROW = {"allowed_models", "allowed_endpoints"}  # empty means "all"
+
+
+def check_owner_change(*, key: ApiKey, changes: dict) -> None:
+    """A key's owner may tighten its policy but never loosen it."""
+    for field, new in changes.items():
+        old = getattr(key, field)
+        if field in OWNER_FREE or new == old:
+            continue
+        if field in OWNER_LOWER and new is not None and (old is None or new <= old):
+            continue
+        if field in OWNER_NARROW and new and (not old or set(new) <= set(old)):
+            continue
+        if field == "allowed_tools" and set(new) <= set(old):
+            continue
+        if field == "allow_background" and new is False:
+            continue
+        if field == "expires_at" and new is not None and (old is None or new <= old):
+            continue
+        raise NotAllowed(f"A key's owner may not raise or widen {field}; ask an admin.")
+
+
 @transaction.atomic
 def create_key(
     *,

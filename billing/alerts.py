@@ -5,50 +5,38 @@ to the key's or team's webhook with retries. The admin lists them (Billing → B
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
 
 import httpx
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
 from django.utils import timezone
 
-from accounts.models import ApiKey, Team
+from billing import budgets
 from billing.models import BudgetAlert, UsageEvent
-from billing.periods import period_key, period_start
 
 THRESHOLDS = (50, 80, 100)
-
-
-def _spent(scope: dict, period: str, now: datetime) -> Decimal:
-    start = period_start(period, now)
-    total = UsageEvent.objects.filter(created_at__gte=start, **scope).aggregate(t=Sum("cost_usd"))
-    return total["t"] or Decimal(0)
-
-
-def _subjects():
-    for key in ApiKey.objects.active().filter(budget_usd__gt=0):
-        yield f"key:{key.pk}", key, None, {"api_key_id": key.pk}, key
-    for team in Team.objects.filter(budget_usd__gt=0):
-        yield f"team:{team.pk}", None, team, {"team_id": team.pk}, team
 
 
 def check_budget_alerts(now: datetime | None = None) -> list[int]:
     """Record the thresholds crossed this period; returns the ids of new alerts."""
     now = now or datetime.now(UTC)
     created = []
-    for subject, key, team, scope, owner in _subjects():
-        spent = _spent(scope, owner.budget_period, now)
-        percent = spent * 100 / owner.budget_usd
+    for budget, holder in budgets.holders():
+        if budget.limit_usd <= 0:
+            continue
+        spent = UsageEvent.objects.spent(budget, now)
+        percent = spent * 100 / budget.limit_usd
         for threshold in THRESHOLDS:
             if percent < threshold:
                 break
             try:
                 with transaction.atomic():
                     alert = BudgetAlert.objects.create(
-                        subject=subject, api_key=key, team=team,
-                        period=period_key(owner.budget_period, now), threshold=threshold,
-                        spent_usd=spent, limit_usd=owner.budget_usd,
-                        webhook_url=owner.alert_webhook_url,
+                        subject=budget.subject,
+                        api_key=holder if budget.scope == "key" else None,
+                        team=holder if budget.scope == "team" else None,
+                        period=budget.period_name(now), threshold=threshold,
+                        spent_usd=spent, limit_usd=budget.limit_usd,
+                        webhook_url=holder.alert_webhook_url,
                     )  # fmt: skip
             except IntegrityError:
                 continue  # already recorded this period: never sent twice

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from django.db import models
 
 from accounts.models import ApiKey, Team
-from llmproxy.gateway.models import Provider
+
+if TYPE_CHECKING:
+    from billing.budgets import Budget
 
 PER_MTOK = {"max_digits": 12, "decimal_places": 6}
 
@@ -20,8 +24,12 @@ class Price(models.Model):
     rates, as the providers do.
     """
 
-    model_pattern = models.CharField(max_length=200, unique=True)
-    provider_kind = models.CharField(max_length=16, blank=True)
+    model_pattern = models.CharField(max_length=200)
+    provider_kind = models.CharField(
+        max_length=16,
+        blank=True,
+        help_text="The provider kind this price is for (anthropic, openai); empty: any kind.",
+    )
     input_per_mtok = models.DecimalField(**PER_MTOK)
     output_per_mtok = models.DecimalField(**PER_MTOK)
     cache_write_5m_per_mtok = models.DecimalField(**PER_MTOK, default=Decimal(0))
@@ -44,10 +52,19 @@ class Price(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        ordering = ["model_pattern"]
+        ordering = ["model_pattern", "provider_kind"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider_kind", "model_pattern"], name="one_price_per_kind_and_pattern"
+            )
+        ]
 
     def __str__(self) -> str:
-        return self.model_pattern
+        return (
+            f"{self.model_pattern} ({self.provider_kind})"
+            if self.provider_kind
+            else (self.model_pattern)
+        )
 
 
 class UsageKind(models.TextChoices):
@@ -56,6 +73,19 @@ class UsageKind(models.TextChoices):
     COUNT = "count", "Token count"
     TITLE = "title", "Title"
     OTHER = "other", "Other"
+
+
+class UsageEventQuerySet(models.QuerySet):
+    def spent(self, budget: Budget, now: datetime) -> Decimal:
+        """What the budget's holder spent in the period that contains ``now``.
+
+        The one place period spend is computed: the limiter rebuilds lost counters from it,
+        alerts, the API and the dashboard report it.
+        """
+        rows = self.filter(
+            created_at__gte=budget.start(now), **{budget.owner_column: budget.owner_id}
+        )
+        return rows.aggregate(total=models.Sum("cost_usd"))["total"] or Decimal(0)
 
 
 class UsageEvent(models.Model):
@@ -69,8 +99,13 @@ class UsageEvent(models.Model):
     team = models.ForeignKey(
         Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_events"
     )
+    # The gateway's Provider, by name: billing sits below the gateway and never imports it.
     provider = models.ForeignKey(
-        Provider, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_events"
+        "llmproxy.Provider",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="usage_events",
     )
     model = models.CharField(max_length=200, db_index=True)
     upstream_model = models.CharField(max_length=200, blank=True)
@@ -94,8 +129,14 @@ class UsageEvent(models.Model):
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     partial = models.BooleanField(default=False)
+    estimated = models.BooleanField(
+        default=False,
+        help_text="Usage estimated by the gateway (the provider's figure was never read).",
+    )
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(db_index=True)
+
+    objects = UsageEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

@@ -28,6 +28,7 @@ class Rates:
 @dataclass(frozen=True)
 class ModelPrice:
     pattern: str
+    provider_kind: str  # "anthropic", "openai"; empty: a price for that model on any kind
     base: Rates
     long_context_threshold: int | None
     long: Rates | None
@@ -41,29 +42,6 @@ class ModelPrice:
             return self.long
         return self.base
 
-    def reservation(self, prompt_tokens: int, max_output_tokens: int, expected: bool) -> Decimal:
-        """What to hold against a budget before the call: its worst case, or an expected cost.
-
-        Worst case: every prompt token at the dearest input rate (a 1-hour cache write costs
-        twice plain input) and every allowed output token. Expected: plain input rates and
-        at most ``expected_output`` output tokens, for keys that accept a bounded overshoot.
-        """
-        usage = Usage(input_tokens=prompt_tokens)
-        rates = self.rates_for(usage)
-        if expected:
-            from django.conf import settings
-
-            output = min(max_output_tokens, settings.LLMPROXY_EXPECTED_OUTPUT_TOKENS)
-            return (prompt_tokens * rates.input + output * rates.output) / MILLION
-        dearest_input = max(rates.input, rates.cache_write_5m, rates.cache_write_1h)
-        return (prompt_tokens * dearest_input + max_output_tokens * rates.output) / MILLION
-
-    def tool_reservation(self, calls: dict[str, int], containers: dict[str, int]) -> Decimal:
-        """What ``calls`` hosted tool calls and ``containers`` containers would cost."""
-        return self._per_call(calls, self.tool_prices) + self._per_call(
-            containers, self.container_prices
-        )
-
     def cost(self, usage: Usage) -> Decimal:
         rates = self.rates_for(usage)
         tokens = (
@@ -75,16 +53,17 @@ class ModelPrice:
         ) / MILLION
         return (
             tokens
-            + self._per_call(usage.tool_calls, self.tool_prices)
-            + self._per_call(usage.containers, self.container_prices)
+            + per_call(usage.tool_calls, self.tool_prices)
+            + per_call(usage.containers, self.container_prices)
         )
 
-    @staticmethod
-    def _per_call(calls: dict[str, int], prices: dict[str, Decimal]) -> Decimal:
-        total = ZERO
-        for name, count in calls.items():
-            total += count * _price_for_tool(name, prices)
-        return total
+
+def per_call(calls: dict[str, int], prices: dict[str, Decimal]) -> Decimal:
+    """What ``calls`` (count by tool or container size) cost at per-call ``prices``."""
+    total = ZERO
+    for name, count in calls.items():
+        total += count * _price_for_tool(name, prices)
+    return total
 
 
 def _price_for_tool(name: str, prices: dict[str, Decimal]) -> Decimal:
@@ -103,19 +82,34 @@ def specificity(pattern: str) -> tuple[int, int]:
 
 
 class PriceBook:
+    """Prices by model name and provider kind: a model is priced by its own kind's row."""
+
     def __init__(self, prices: list[ModelPrice]) -> None:
         self._prices = sorted(prices, key=lambda p: specificity(p.pattern))
-        self._found: dict[str, ModelPrice | None] = {}
+        self._found: dict[tuple[str, str], ModelPrice | None] = {}
 
-    def find(self, model: str) -> ModelPrice | None:
+    def find(self, model: str, kind: str) -> ModelPrice | None:
+        """The most specific price for ``model`` on a provider of ``kind`` (a row without a
+        kind applies to every kind)."""
         try:
-            return self._found[model]
+            return self._found[model, kind]
         except KeyError:
             pass
-        match = next((p for p in self._prices if fnmatchcase(model, p.pattern)), None)
+        match = next(
+            (
+                p
+                for p in self._prices
+                if p.provider_kind in (kind, "") and fnmatchcase(model, p.pattern)
+            ),
+            None,
+        )
         if len(self._found) < 10_000:  # model names come from clients: bound the memo
-            self._found[model] = match
+            self._found[model, kind] = match
         return match
+
+    def kinds_of(self, model: str) -> set[str]:
+        """The provider kinds that price ``model`` by name ("" for rows of any kind)."""
+        return {p.provider_kind for p in self._prices if fnmatchcase(model, p.pattern)}
 
     def __len__(self) -> int:
         return len(self._prices)
@@ -136,6 +130,7 @@ def model_price(row) -> ModelPrice:
     has_long = row.long_input_per_mtok is not None and row.long_output_per_mtok is not None
     return ModelPrice(
         pattern=row.model_pattern,
+        provider_kind=row.provider_kind,
         base=_rates(row),
         long_context_threshold=row.long_context_threshold,
         long=_rates(row, "long_") if has_long else None,

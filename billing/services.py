@@ -7,8 +7,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from django.db import transaction
+from django.db.models import Q
 
+from accounts.models import ApiKey
 from billing.models import Price, UsageEvent
+from billing.records import UsageRecord
 
 PRICES_FILE = Path(__file__).with_name("prices.json")
 
@@ -67,24 +70,24 @@ def load_prices(path: Path = PRICES_FILE) -> tuple[int, int]:
         raise PriceFileError(f"{path}: expected an object with a 'prices' list")
     created = updated = 0
     for index, row in enumerate(rows):
+        fields = _price_fields(row, index)
         _, was_created = Price.objects.update_or_create(
-            model_pattern=row.get("model_pattern"), defaults=_price_fields(row, index)
+            model_pattern=row.get("model_pattern"),
+            provider_kind=fields.pop("provider_kind"),
+            defaults=fields,
         )
         created += was_created
         updated += not was_created
     return created, updated
 
 
-_EVENT_FIELDS = {f.attname for f in UsageEvent._meta.concrete_fields} - {"id"}
-
-
-def record_usage_batch(events: list[dict]) -> int:
-    """Insert the events whose request id is new; returns how many were new.
+def record_usage_batch(records: list[UsageRecord]) -> int:
+    """Insert the records whose request id is new; returns how many were new.
 
     Idempotent: Celery redelivers a batch after a worker dies (acks_late), and a replay must
     insert nothing twice.
     """
-    rows = [UsageEvent(**{k: v for k, v in e.items() if k in _EVENT_FIELDS}) for e in events]
+    rows = [UsageEvent(**record.row()) for record in records]
     ids = [row.request_id for row in rows]
     with transaction.atomic():
         known = set(
@@ -92,38 +95,18 @@ def record_usage_batch(events: list[dict]) -> int:
         )
         fresh = [row for row in rows if row.request_id not in known]
         UsageEvent.objects.bulk_create(fresh, ignore_conflicts=True)
-    _touch_keys(events)
+    _touch_keys(records)
     return len(fresh)
 
 
-def _touch_keys(events: list[dict]) -> None:
-    from django.db.models import Q
-
-    from accounts.models import ApiKey
-
+def _touch_keys(records: list[UsageRecord]) -> None:
     last_used: dict[int, str] = {}
-    for event in events:
-        key_id = event.get("api_key_id")
-        if key_id is not None:
-            last_used[key_id] = max(last_used.get(key_id, ""), event["created_at"])
+    for record in records:
+        if record.api_key_id is not None:
+            key_id = record.api_key_id
+            last_used[key_id] = max(last_used.get(key_id, ""), record.created_at)
     for key_id, moment in last_used.items():
         # update(), not save(): last-use is not policy, so no cache invalidation.
         ApiKey.objects.filter(pk=key_id).filter(
             Q(last_used_at__isnull=True) | Q(last_used_at__lt=moment)
         ).update(last_used_at=moment)
-
-
-def reconcile_counters() -> int:
-    """Every budget's Redis counter against the ledger (Celery beat, scaled mode)."""
-    from accounts.models import ApiKey, Team
-    from llmproxy.gateway import limits
-    from llmproxy.gateway.policy import Budget
-
-    budgets = [
-        Budget("key", key.pk, key.budget_usd, key.budget_period)
-        for key in ApiKey.objects.active().filter(budget_usd__isnull=False)
-    ] + [
-        Budget("team", team.pk, team.budget_usd, team.budget_period)
-        for team in Team.objects.filter(budget_usd__isnull=False)
-    ]
-    return limits.reconcile(budgets)

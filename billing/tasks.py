@@ -1,11 +1,12 @@
 from celery import shared_task
 
 from billing import alerts, services
+from billing.records import UsageRecord
 
 
 @shared_task(acks_late=True)
 def record_usage_batch(events: list[dict]) -> int:
-    return services.record_usage_batch(events)
+    return services.record_usage_batch([UsageRecord.from_wire(event) for event in events])
 
 
 @shared_task
@@ -22,8 +23,3 @@ def deliver_budget_alert(self, alert_id: int) -> bool:
         # exponential backoff: 30 s, 1 min, 2 min, ... capped at an hour
         raise self.retry(countdown=min(3600, 30 * 2**self.request.retries))
     return True
-
-
-@shared_task
-def reconcile_counters() -> int:
-    return services.reconcile_counters()

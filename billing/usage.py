@@ -21,7 +21,8 @@ class Usage:
     reasoning_tokens: int = 0
     tool_calls: dict[str, int] = field(default_factory=dict)
     containers: dict[str, int] = field(default_factory=dict)
-    reported: bool = False
+    reported: bool = False  # the provider's figures were read
+    estimated: bool = False  # some figures are the gateway's estimate, not the provider's
 
     @property
     def cache_write_tokens(self) -> int:

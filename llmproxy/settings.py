@@ -134,7 +134,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # celery -A llmproxy beat: budget alerts every minute, counters against the ledger every 5.
 CELERY_BEAT_SCHEDULE = {
     "budget-alerts": {"task": "billing.tasks.check_budget_alerts", "schedule": 60.0},
-    "reconcile-counters": {"task": "billing.tasks.reconcile_counters", "schedule": 300.0},
+    "reconcile-counters": {"task": "llmproxy.gateway.tasks.reconcile_counters", "schedule": 300.0},
 }
 # A task taken by a worker that dies unacknowledged goes back to the queue after this long;
 # workers look for such tasks every few seconds (kombu's default scans only every ~100 s).

@@ -14,8 +14,8 @@ from django.shortcuts import get_object_or_404, render
 from django.utils.safestring import mark_safe
 
 from accounts.models import ApiKey
+from billing import budgets
 from billing.models import UsageEvent
-from billing.periods import period_start
 from llmproxy.console import charts
 
 DAYS = 30
@@ -37,9 +37,7 @@ def _daily(events, by: str) -> tuple[list[str], dict[str, dict[str, Decimal]]]:
 
 
 def _spent(key: ApiKey, now: datetime) -> Decimal:
-    start = period_start(key.budget_period, now)
-    total = key.usage_events.filter(created_at__gte=start).aggregate(t=Sum("cost_usd"))["t"]
-    return total or Decimal(0)
+    return UsageEvent.objects.spent(budgets.of_key(key), now)
 
 
 @staff_member_required

@@ -18,9 +18,23 @@ from django.conf import settings
 
 from llmproxy.gateway import pipeline
 from llmproxy.gateway.errors import ErrorKind, ProxyError
+from llmproxy.gateway.protocols import anthropic, openai
 from llmproxy.gateway.protocols.base import Endpoint, Protocol
 
 log = logging.getLogger(__name__)
+
+
+def protocol_for(scope) -> Protocol:
+    """For a path both protocols share: by its prefix, else Anthropic clients send these."""
+    path = scope["path"]
+    if path.startswith("/anthropic/"):
+        return anthropic.PROTOCOL
+    if path.startswith("/openai/"):
+        return openai.PROTOCOL
+    names = {name for name, _ in scope["headers"]}
+    if b"anthropic-version" in names or b"x-api-key" in names:
+        return anthropic.PROTOCOL
+    return openai.PROTOCOL
 
 
 class ProxyConsumer(AsyncHttpConsumer):
@@ -32,21 +46,12 @@ class ProxyConsumer(AsyncHttpConsumer):
         self.protocol = protocol
         self.endpoint = endpoint
 
-    def _pick_protocol(self, scope) -> Protocol:
-        """For a path both protocols share: Anthropic clients send these headers."""
-        from llmproxy.gateway.protocols import anthropic, openai
-
-        names = {name for name, _ in scope["headers"]}
-        if b"anthropic-version" in names or b"x-api-key" in names:
-            return anthropic.PROTOCOL
-        return openai.PROTOCOL
-
     async def __call__(self, scope, receive, send):
         self.scope = scope
         self.base_send = send
         self._complete = False
         if self.protocol is None:
-            self.protocol = self._pick_protocol(scope)
+            self.protocol = protocol_for(scope)
         body = await self._read_body(receive)
         if body is None:
             return
@@ -129,16 +134,16 @@ class ProxyConsumer(AsyncHttpConsumer):
             await self.base_send(
                 {"type": "http.response.start", "status": reply.status, "headers": headers}
             )
-            if reply.stream is None:
-                self._complete = True
-                await self.base_send({"type": "http.response.body", "body": reply.body})
-                return
-            async for chunk in reply.stream:
-                await self.base_send(
-                    {"type": "http.response.body", "body": chunk, "more_body": True}
-                )
+            if reply.stream is not None:
+                async for chunk in reply.stream:
+                    await self.base_send(
+                        {"type": "http.response.body", "body": chunk, "more_body": True}
+                    )
+            # Settled before the last message: a client that has its whole answer finds
+            # its limits and the ledger already updated.
+            await reply.finish()
             self._complete = True
-            await self.base_send({"type": "http.response.body", "body": b""})
+            await self.base_send({"type": "http.response.body", "body": reply.body})
         finally:
             await reply.finish()
 
@@ -158,3 +163,15 @@ async def head_ok(scope, receive, send):
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def not_found(scope, receive, send):
+    """An unknown path under a proxy prefix: a 404 in the client's protocol, never HTML."""
+    protocol = protocol_for(scope)
+    reply = pipeline.error_reply(
+        protocol,
+        ProxyError(ErrorKind.NOT_FOUND, f"No such endpoint: {scope['method']} {scope['path']}."),
+    )
+    headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})

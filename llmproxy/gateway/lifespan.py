@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from llmproxy.gateway import upstream
+from llmproxy.gateway.usage_sink import sink
+
 log = logging.getLogger(__name__)
 
 
 async def lifespan(scope, receive, send):
-    from llmproxy.gateway import upstream
-    from llmproxy.gateway.usage_sink import sink
 
     while True:
         message = await receive()

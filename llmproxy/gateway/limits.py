@@ -24,24 +24,19 @@ from decimal import Decimal
 
 from django.conf import settings
 
-from billing.periods import period_end, period_key, period_start
+from billing.budgets import Budget
+from billing.models import UsageEvent
+from billing.periods import period_end
+from billing.reservations import UNIT, from_units, to_units
 from llmproxy.core.ids import new_id
 from llmproxy.core.loopbound import PerLoop
 from llmproxy.gateway import dbthreads, hotstore
 from llmproxy.gateway.errors import ErrorKind, ProxyError
-from llmproxy.gateway.policy import Budget, KeyPolicy
+from llmproxy.gateway.policy import KeyPolicy
+from llmproxy.gateway.usage_sink import sink
 
-UNIT = Decimal("0.00000001")  # counters count 1e-8 USD, the ledger's precision
 HOLD_TTL = 3600  # seconds a reservation or slot outlives a worker that died holding it
 PREFIX = "llmproxy:lim:"
-
-
-def to_units(usd: Decimal) -> int:
-    return int((usd / UNIT).to_integral_value())
-
-
-def from_units(units: int) -> Decimal:
-    return Decimal(units) * UNIT
 
 
 @dataclass
@@ -67,7 +62,7 @@ class Ticket:
 
 def budget_keys(budget: Budget, now: float) -> tuple[str, str]:
     moment = datetime.fromtimestamp(now, UTC)
-    name = f"{budget.scope}:{budget.owner_id}:{period_key(budget.period, moment)}"
+    name = f"{budget.subject}:{budget.period_name(moment)}"
     return f"{PREFIX}spend:{name}", f"{PREFIX}resv:{name}"
 
 
@@ -80,24 +75,13 @@ def _spend_ttl(budget: Budget, now: float) -> int:
 async def ledger_spend(budget: Budget, now: float) -> int:
     """Spend to rebuild a lost counter from: this process's queued usage first goes to the
     ledger, so what it settled before the loss is counted."""
-    from llmproxy.gateway.usage_sink import sink
-
     await asyncio.to_thread(sink.flush, 10.0)
     return await dbthreads.run(spent_in_period, budget, now)
 
 
 def spent_in_period(budget: Budget, now: float) -> int:
     """Recorded spend for the budget's current period, in counter units (sync: ORM)."""
-    from django.db.models import Sum
-
-    from billing.models import UsageEvent
-
-    start = period_start(budget.period, datetime.fromtimestamp(now, UTC))
-    scope = {"api_key_id" if budget.scope == "key" else "team_id": budget.owner_id}
-    total = UsageEvent.objects.filter(created_at__gte=start, **scope).aggregate(
-        total=Sum("cost_usd")
-    )["total"]
-    return to_units(total or Decimal(0))
+    return to_units(UsageEvent.objects.spent(budget, datetime.fromtimestamp(now, UTC)))
 
 
 def _refusal(code: int, ticket: Ticket, now: float, budget: Budget | None) -> ProxyError:

@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from fnmatch import fnmatchcase
 
 from django.conf import settings
 
 from accounts import keys
+from accounts.models import ApiKey
+from billing import budgets
+from billing.budgets import Budget
+from billing.models import Price
 from billing.pricing import PriceBook, model_price
 from llmproxy.gateway import dbthreads, hotstore
+from llmproxy.gateway.models import ModelRoute, Provider
 
 
 def _matches(value: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatchcase(value, pattern) for pattern in patterns)
-
-
-@dataclass(frozen=True)
-class Budget:
-    scope: str  # "key" or "team"
-    owner_id: int
-    limit_usd: Decimal
-    period: str
 
 
 @dataclass(frozen=True)
@@ -99,13 +95,31 @@ class Catalog:
         self.prices = prices
 
     def route(self, model: str, kind: str) -> tuple[ProviderInfo, str] | None:
+        """The provider of ``kind`` that serves ``model``, and the model's name there.
+
+        A route that names the model decides. Without one, the model goes to the first
+        enabled provider of the protocol, unless it is known as another kind's model (a
+        route or a price of another kind names it): ``gpt-5.5`` sent to the Messages API is
+        refused, not sent to Anthropic.
+        """
         for route in self.routes:
             if route.provider.kind == kind and fnmatchcase(model, route.pattern):
                 return route.provider, route.upstream_model or model
-        # No route names the model: the first enabled provider that speaks the protocol.
+        if self.other_kind(model, kind) is not None:
+            return None
         for provider in self.providers:
             if provider.kind == kind:
                 return provider, model
+        return None
+
+    def other_kind(self, model: str, kind: str) -> str | None:
+        """The kind ``model`` belongs to when that is not ``kind``, else None."""
+        for route in self.routes:
+            if route.provider.kind != kind and fnmatchcase(model, route.pattern):
+                return route.provider.kind
+        kinds = self.prices.kinds_of(model)
+        if kinds and kind not in kinds and "" not in kinds:
+            return sorted(kinds)[0]
         return None
 
     def provider_for(self, kind: str) -> ProviderInfo | None:
@@ -113,16 +127,10 @@ class Catalog:
 
 
 def load_key_policy(digest: str) -> KeyPolicy | None:
-    from accounts.models import ApiKey
 
     key = ApiKey.objects.select_related("team").filter(digest=digest).first()
     if key is None:
         return None
-    budgets = []
-    if key.budget_usd is not None:
-        budgets.append(Budget("key", key.pk, key.budget_usd, key.budget_period))
-    if key.team is not None and key.team.budget_usd is not None:
-        budgets.append(Budget("team", key.team.pk, key.team.budget_usd, key.team.budget_period))
     return KeyPolicy(
         key_id=key.pk,
         name=key.name,
@@ -138,14 +146,12 @@ def load_key_policy(digest: str) -> KeyPolicy | None:
         rpm=key.rpm,
         tpm=key.tpm,
         max_concurrent=key.max_concurrent,
-        budgets=tuple(budgets),
+        budgets=budgets.for_key(key),
         reserve_expected=key.reserve_mode == "expected",
     )
 
 
 def load_catalog() -> Catalog:
-    from billing.models import Price
-    from llmproxy.gateway.models import ModelRoute, Provider
 
     providers = {
         row.pk: ProviderInfo(

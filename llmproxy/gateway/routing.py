@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from llmproxy.gateway.consumers import ProxyConsumer, head_ok, not_found
+from llmproxy.gateway.protocols import anthropic, openai
+from llmproxy.gateway.sockets import ResponsesSocket
+
 ASGIApp = Callable[..., Awaitable[None]]
 
 # Claude Code's warm-up HEAD goes to its base URL, with or without a prefix.
 HEAD_PATHS = frozenset({"/", "/anthropic", "/anthropic/", "/openai", "/openai/"})
+# Everything under these belongs to the proxy: an unknown path is a 404 in its protocol.
+PROXY_PREFIXES = ("/v1/", "/anthropic/", "/openai/")
 
 
 def proxy_routes() -> dict[str, ASGIApp]:
-    from llmproxy.gateway.consumers import ProxyConsumer
-    from llmproxy.gateway.protocols import anthropic, openai
 
     def consumer(protocol, endpoint) -> ASGIApp:
         return ProxyConsumer.as_asgi(protocol=protocol, endpoint=endpoint)
@@ -46,14 +50,12 @@ def proxy_routes() -> dict[str, ASGIApp]:
 
 
 def websocket_routes() -> dict[str, ASGIApp]:
-    from llmproxy.gateway.sockets import ResponsesSocket
 
     app = ResponsesSocket.as_asgi()
     return {"/v1/responses": app, "/openai/v1/responses": app}
 
 
 def http_router(fallback: ASGIApp) -> ASGIApp:
-    from llmproxy.gateway.consumers import head_ok
 
     routes = proxy_routes()
 
@@ -64,6 +66,8 @@ def http_router(fallback: ASGIApp) -> ASGIApp:
             app = routes.get(path[:-1])  # /v1/messages/ is /v1/messages
         if app is None and scope["method"] == "HEAD" and path in HEAD_PATHS:
             app = head_ok
+        if app is None and path.startswith(PROXY_PREFIXES):
+            app = not_found
         await (app or fallback)(scope, receive, send)
 
     return route

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
@@ -37,8 +37,6 @@ from llmproxy.gateway.protocols.sse import SSESplitter
 log = logging.getLogger(__name__)
 
 TERMINAL = (b"response.completed", b"response.incomplete", b"response.failed")
-# Events after which an upstream websocket has finished one response.create.
-FINISHED = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 HISTORY_KEPT = 8  # responses remembered per connection for previous_response_id
 
 
@@ -65,20 +63,63 @@ class History:
             self._items.popitem(last=False)
 
 
-def _event(text: str) -> dict:
-    try:
-        event = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return {}
-    return event if isinstance(event, dict) else {}
-
-
 def error_frame(error: ProxyError) -> dict:
     return {
         "type": "error",
         "status": openai.PROTOCOL.error_status(error),
         "error": openai.PROTOCOL.error_object(error),
     }
+
+
+class UpstreamTurn:
+    """One response.create on the provider's websocket: the frames that answer it."""
+
+    def __init__(self, connection: ResponsesSocket, exchange, socket, payload: str) -> None:
+        self.connection = connection
+        self.exchange = exchange
+        self.provider = exchange.provider
+        self.socket = socket
+        self.payload = payload
+        # A socket this connection used before may have been closed by the provider while
+        # it sat idle: then the frame is sent once more, on a new socket.
+        self.reused = connection.sent_on.get(self.provider.id) is socket
+
+    async def _resend(self) -> None:
+        self.socket = await self.connection.replace_socket(self.provider)
+        self.reused = False
+        await self.socket.send_str(self.payload)
+
+    async def frames(self) -> AsyncIterator[str]:
+        try:
+            await self.socket.send_str(self.payload)
+        except ConnectionError:
+            if not self.reused:
+                raise
+            await self._resend()
+        self.connection.sent_on[self.provider.id] = self.socket
+        while not self.exchange.tap.final:
+            message = await self.socket.receive()
+            if message.type == aiohttp.WSMsgType.TEXT:
+                yield message.data
+            elif self.reused and self.exchange.first_byte is None:
+                # Closed while idle between turns: this frame was never answered.
+                await self._resend()
+            else:
+                raise upstream.UpstreamClosed(f"provider websocket ended ({message.type.name})")
+
+    async def release(self, complete: bool) -> None:
+        if not complete:
+            # Mid-answer (the client left, or the provider's socket broke): that socket's
+            # state is unknown now, so it is not used again.
+            self.connection.upstreams.pop(self.provider.id, None)
+            await self.socket.close()
+
+    def broken(self, message: str) -> str:
+        error = ProxyError(
+            ErrorKind.UPSTREAM_UNAVAILABLE,
+            f"The websocket to provider {self.provider.name!r} failed mid-answer.",
+        )
+        return orjson.dumps(error_frame(error)).decode()
 
 
 class ResponsesSocket(AsyncConsumer):
@@ -88,6 +129,7 @@ class ResponsesSocket(AsyncConsumer):
         self.history = History()
         self.upstreams: dict[int, aiohttp.ClientWebSocketResponse] = {}  # by provider id
         self.bridged: set[int] = set()  # providers whose websocket could not be opened
+        self.sent_on: dict[int, aiohttp.ClientWebSocketResponse] = {}  # last socket used
         if (await receive())["type"] != "websocket.connect":
             return
         if not settings.LLMPROXY_WEBSOCKETS:
@@ -196,25 +238,24 @@ class ResponsesSocket(AsyncConsumer):
         self.upstreams[provider.id] = socket
         return socket
 
-    async def _resend_on_a_new_socket(
-        self, provider: ProviderInfo, payload: str
-    ) -> aiohttp.ClientWebSocketResponse:
+    async def replace_socket(self, provider: ProviderInfo) -> aiohttp.ClientWebSocketResponse:
         stale = self.upstreams.pop(provider.id, None)
         if stale is not None:
             await stale.close()
-        socket = await self._upstream_socket(provider)
-        await socket.send_str(payload)
-        return socket
+        return await self._upstream_socket(provider)
 
     async def _through_upstream_socket(
         self, provider: ProviderInfo, frame: dict, body: dict
     ) -> bool:
-        """Run one frame over the provider's websocket; False: bridge it to HTTP instead."""
+        """Run one frame over the provider's websocket; False: bridge it to HTTP instead.
+
+        The frame is an ``Exchange`` like an HTTP request: admitted, relayed by
+        ``Exchange.relay`` and settled by ``Exchange.settle`` when the reply is finished.
+        """
         incoming = pipeline.Incoming(
             "POST", "/v1/responses", b"", self.scope["headers"], orjson.dumps(body)
         )
         exchange = await pipeline.prepare(incoming, openai.PROTOCOL, openai.RESPONSES)
-        reused = provider.id in self.upstreams
         try:
             socket = await self._upstream_socket(exchange.provider)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -226,62 +267,26 @@ class ResponsesSocket(AsyncConsumer):
             )  # fmt: skip
             self.bridged.add(provider.id)
             return False
-        warm_up = frame.get("generate") is False
-        if not warm_up:  # a warm-up generates nothing: not admitted, not billed
-            await exchange.admit()
         outgoing = dict(frame)
         exchange.rewrite(outgoing)
-        exchange.tap = openai.PROTOCOL.tap(True, exchange.info, exchange.endpoint)
-        status, finished, error = 200, False, ""
-        payload = orjson.dumps(outgoing).decode()
-        try:
-            try:
-                await socket.send_str(payload)
-            except ConnectionError:
-                if not reused:
-                    raise
-                socket, reused = await self._resend_on_a_new_socket(provider, payload), False
-            while not finished:
-                message = await socket.receive()
-                if message.type != aiohttp.WSMsgType.TEXT and reused and not exchange.first_byte:
-                    # The provider closed the socket while it sat idle between turns: this
-                    # frame was never answered, so send it once more on a new socket.
-                    socket, reused = await self._resend_on_a_new_socket(provider, payload), False
-                    continue
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    status, error = 502, f"provider websocket ended ({message.type.name})"
-                    await self._send_json(
-                        error_frame(
-                            ProxyError(
-                                ErrorKind.UPSTREAM_UNAVAILABLE,
-                                f"The websocket to provider {provider.name!r} closed mid-answer.",
-                            )
-                        )
-                    )
-                    break
-                if exchange.first_byte is None:
-                    exchange.first_byte = time.perf_counter()
-                await self.base_send({"type": "websocket.send", "text": message.data})
-                event = _event(message.data)
-                if event.get("type") in FINISHED:
-                    exchange.tap.read_payload(event)
-                    finished = True
-        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
-            status, error = 502, f"provider websocket failed: {type(exc).__name__}"
-            raise ProxyError(
-                ErrorKind.UPSTREAM_UNAVAILABLE,
-                f"The websocket to provider {provider.name!r} failed ({type(exc).__name__}).",
-            ) from None
-        finally:
-            if not finished:
-                # Mid-answer (the client left, or the provider's socket broke): that socket's
-                # state is unknown now, so it is not used again.
-                self.upstreams.pop(provider.id, None)
-                await asyncio.shield(socket.close())
-                error = error or "client disconnected"
-            if not warm_up:
-                await asyncio.shield(exchange.settle(status, partial=not finished, error=error))
+        turn = UpstreamTurn(self, exchange, socket, orjson.dumps(outgoing).decode())
+        if frame.get("generate") is False:
+            exchange.records_usage = False  # a warm-up generates nothing: not admitted or billed
+        else:
+            await exchange.admit()
+        exchange.tap = openai.FrameTap(exchange.info.container_memory)
+        exchange.status = 200
+        exchange.release = turn.release
+        frames = exchange.relay(turn.frames(), turn.broken)
+        await self._send_frames(pipeline.Reply(200, [], stream=frames, close=exchange.close))
         return True
+
+    async def _send_frames(self, reply: pipeline.Reply) -> None:
+        try:
+            async for text in reply.stream:
+                await self.base_send({"type": "websocket.send", "text": text})
+        finally:
+            await reply.finish()
 
     async def _warm_up(self, body: dict) -> None:
         """``generate: false`` only warms the connection: answered here, never billed."""

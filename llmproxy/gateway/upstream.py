@@ -110,6 +110,14 @@ async def close() -> None:
         await existing.aclose()
 
 
+class UpstreamClosed(ConnectionError):
+    """The provider ended its side (a websocket closed) before the answer was complete."""
+
+
+# What an upstream answer that breaks off mid-way raises, whichever client carries it.
+BROKEN = (httpx.HTTPError, aiohttp.ClientError, ConnectionError, TimeoutError)
+
+
 def pick_headers(
     headers: Iterable[tuple[bytes, bytes]],
     exact: frozenset[bytes],

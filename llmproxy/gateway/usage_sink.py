@@ -16,22 +16,25 @@ import time
 from django.conf import settings
 from django.db import close_old_connections, connections
 
+from billing import services, tasks
+from billing.records import UsageRecord
+
 log = logging.getLogger(__name__)
 
 _NUDGE = object()
 
 
 class UsageSink:
-    def __init__(self, batch_size: int = 100, linger: float = 0.2) -> None:
+    def __init__(self, batch_size: int | None = None, linger: float = 0.2) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._batch_size = batch_size
+        self._batch_size = batch_size  # None: LLMPROXY_USAGE_BATCH_SIZE, read when first needed
         self._linger = linger
         self._pending = 0
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
-    def submit(self, event: dict) -> None:
+    def submit(self, event: UsageRecord) -> None:
         """Non-blocking; safe from the event loop."""
         with self._idle:
             self._pending += 1
@@ -81,19 +84,20 @@ class UsageSink:
             for control in controls:
                 control()
 
-    def _next_batch(self) -> tuple[list[dict], list]:
+    def _next_batch(self) -> tuple[list[UsageRecord], list]:
         """Events until the batch is full, the linger time is up, or a control item arrives."""
-        batch: list[dict] = []
+        batch: list[UsageRecord] = []
+        size = self._batch_size or settings.LLMPROXY_USAGE_BATCH_SIZE
         controls = []
         item = self._queue.get()
         deadline = time.monotonic() + self._linger
         while True:
-            if not isinstance(item, dict):
+            if not isinstance(item, UsageRecord):
                 if item is not _NUDGE:
                     controls.append(item)
                 break
             batch.append(item)
-            if len(batch) >= self._batch_size:
+            if len(batch) >= size:
                 break
             try:
                 item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -101,10 +105,7 @@ class UsageSink:
                 break
         return batch, controls
 
-    def _deliver(self, batch: list[dict]) -> None:
-        from billing.services import record_usage_batch as write_now
-        from billing.tasks import record_usage_batch
-
+    def _deliver(self, batch: list[UsageRecord]) -> None:
         delay = 0.5
         while True:
             try:
@@ -112,9 +113,9 @@ class UsageSink:
                 if settings.CELERY_TASK_ALWAYS_EAGER:
                     # Eager mode would run the task here anyway; skip Celery's wrapping,
                     # which holds the GIL for milliseconds the event loop wants.
-                    write_now(batch)
+                    services.record_usage_batch(batch)
                 else:
-                    record_usage_batch.delay(batch)
+                    tasks.record_usage_batch.delay([record.to_wire() for record in batch])
                 return
             except Exception:
                 # Keep the batch and try again: losing a usage event loses money.

@@ -1,10 +1,9 @@
-"""Budget alerts (once per period and threshold, delivered with retries) and reconciliation."""
+"""Budget alerts: once per period and threshold, delivered with retries."""
 
 from __future__ import annotations
 
 import http.server
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -13,10 +12,8 @@ import pytest
 
 from accounts import services as key_services
 from accounts.models import Team
-from billing import alerts, services
+from billing import alerts
 from billing.models import BudgetAlert, UsageEvent
-from llmproxy.gateway import limits
-from llmproxy.gateway.policy import Budget
 
 pytestmark = pytest.mark.django_db
 
@@ -108,21 +105,3 @@ def test_team_budgets_alert_too():
     alert = BudgetAlert.objects.get(pk=alert_id)
     assert alert.subject == f"team:{team.pk}" and alert.threshold == 50
     assert alerts.deliver(alert_id) is True  # no webhook configured: nothing to send
-
-
-def test_reconcile_raises_lost_counters_and_never_lowers_them(redis_client, transactional_db):
-    key, _ = key_services.create_key(name="rec", budget_usd=Decimal(5), budget_period="total")
-    spend(key, "0.30", datetime.now(UTC), "r1")
-    budget = Budget("key", key.pk, Decimal(5), "total")
-    counter, _ = limits.budget_keys(budget, time.time())
-    ledger = limits.to_units(Decimal("0.30"))
-
-    redis_client.delete(counter)
-    assert services.reconcile_counters() == 1
-    assert int(redis_client.get(counter)) == ledger
-    redis_client.set(counter, 10)  # lost increments
-    assert services.reconcile_counters() == 1
-    assert int(redis_client.get(counter)) == ledger
-    redis_client.set(counter, ledger + 500)  # settled spend not yet in the ledger
-    assert services.reconcile_counters() == 0
-    assert int(redis_client.get(counter)) == ledger + 500

@@ -28,11 +28,27 @@ def test_the_most_specific_pattern_wins():
             model_price(price("claude-opus-4-5-20251101", input_per_mtok=Decimal(4))),
         ]
     )
-    assert book.find("claude-opus-4-5-20251101").base.input == 4
-    assert book.find("claude-opus-4-5-20990101").base.input == 5
-    assert book.find("claude-opus-4-1").base.input == 15
-    assert book.find("claude-haiku-4-5").base.input == 1
-    assert book.find("gpt-5") is None
+    assert book.find("claude-opus-4-5-20251101", "anthropic").base.input == 4
+    assert book.find("claude-opus-4-5-20990101", "anthropic").base.input == 5
+    assert book.find("claude-opus-4-1", "anthropic").base.input == 15
+    assert book.find("claude-haiku-4-5", "anthropic").base.input == 1
+    assert book.find("gpt-5", "openai") is None
+
+
+def test_a_model_is_priced_by_its_own_kinds_row():
+    book = PriceBook(
+        [
+            model_price(price("gpt-5*", provider_kind="openai", input_per_mtok=Decimal(1))),
+            model_price(price("gpt-5*", provider_kind="anthropic", input_per_mtok=Decimal(9))),
+            model_price(price("claude-*", provider_kind="anthropic")),
+            model_price(price("local-*", provider_kind="", input_per_mtok=Decimal(2))),
+        ]
+    )
+    assert book.find("gpt-5.5", "openai").base.input == 1
+    assert book.find("gpt-5.5", "anthropic").base.input == 9
+    assert book.find("claude-sonnet-4-5", "openai") is None
+    assert book.find("local-7b", "openai").base.input == 2  # no kind: any kind
+    assert book.kinds_of("claude-sonnet-4-5") == {"anthropic"}
 
 
 def test_cost_counts_every_token_kind_and_tool_call():
@@ -85,7 +101,7 @@ def test_the_shipped_price_file_covers_claude_and_gpt5():
     assert created > 5
     book = PriceBook([model_price(p) for p in Price.objects.all()])
     for model in ("claude-haiku-4-5-20251001", "claude-sonnet-4-5", "claude-opus-4-1", "gpt-5"):
-        found = book.find(model)
+        found = book.find(model, "openai" if model.startswith("gpt") else "anthropic")
         assert found is not None, model
         assert found.base.input > 0 and found.base.output > found.base.input
     # a second load changes nothing

@@ -1,40 +1,79 @@
-"""Writing usage in batches: a replayed batch inserts nothing twice."""
+"""Writing usage in batches: typed records, clamped where they are built; a replayed batch
+inserts nothing twice."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from accounts import services as key_services
-from billing import services
+from billing import services, tasks
 from billing.models import UsageEvent
+from billing.records import BIGINT_MAX, UsageRecord
 
 pytestmark = pytest.mark.django_db
 
 
-def event(request_id: str, **fields) -> dict:
-    return {"request_id": request_id, "model": "m", "endpoint": "/v1/messages",
-            "cost_usd": "0.5", "created_at": datetime.now(UTC).isoformat(), **fields}  # fmt: skip
+def record(request_id: str, **fields) -> UsageRecord:
+    values = {"model": "m", "endpoint": "/v1/messages", "cost_usd": "0.5",
+              "created_at": datetime.now(UTC).isoformat(), **fields}  # fmt: skip
+    return UsageRecord.build(request_id=request_id, **values)
 
 
 def test_a_replayed_batch_inserts_nothing():
-    batch = [event("r1"), event("r2")]
+    batch = [record("r1"), record("r2")]
     assert services.record_usage_batch(batch) == 2
     assert services.record_usage_batch(batch) == 0
-    assert services.record_usage_batch([event("r2"), event("r3")]) == 1
+    assert services.record_usage_batch([record("r2"), record("r3")]) == 1
     assert UsageEvent.objects.count() == 3
     assert UsageEvent.objects.get(request_id="r1").cost_usd == Decimal("0.5")
 
 
-def test_unknown_fields_are_ignored_and_last_use_only_moves_forward():
+def test_last_use_only_moves_forward():
     key, _ = key_services.create_key(name="k")
     services.record_usage_batch(
-        [event("a", api_key_id=key.pk, created_at="2026-11-22T10:00:00+00:00", extra="x")]
+        [record("a", api_key_id=key.pk, created_at="2026-11-22T10:00:00+00:00")]
     )
     services.record_usage_batch(
-        [event("b", api_key_id=key.pk, created_at="2026-11-22T09:00:00+00:00")]
+        [record("b", api_key_id=key.pk, created_at="2026-11-22T09:00:00+00:00")]
     )
     key.refresh_from_db()
     assert key.last_used_at == datetime(2026, 11, 22, 10, tzinfo=UTC)
+
+
+def test_unknown_fields_are_refused_loudly_not_dropped():
+    with pytest.raises(TypeError):
+        record("x", requests_per_minute=5)
+    wire = record("y").to_wire()
+    with pytest.raises(msgspec.ValidationError, match="unknown field `extra`"):
+        UsageRecord.from_wire({**wire, "extra": "x"})
+    with pytest.raises(msgspec.ValidationError):
+        tasks.record_usage_batch([{**wire, "extra": "x"}])
+    assert UsageEvent.objects.count() == 0
+    # The wire form of a record reads back as the same record.
+    assert UsageRecord.from_wire(wire) == record("y", created_at=wire["created_at"])
+
+
+def test_values_no_column_can_hold_are_clamped_and_noted():
+    odd = record(
+        "odd\x00id",
+        model="claude\x00-x" + "y" * 500,
+        input_tokens=2**64 - 1,
+        output_tokens=-3,
+        reasoning_tokens=True,
+        latency_ms=2**40,
+        cost_usd="1e30",
+        tool_calls={"web\x01search": 2**70},
+        session_id="s\ud800",
+    )
+    assert odd.request_id == "oddid" and "\x00" not in odd.model and len(odd.model) == 200
+    assert (odd.input_tokens, odd.output_tokens, odd.reasoning_tokens) == (BIGINT_MAX, 0, 0)
+    assert odd.tool_calls == {"websearch": BIGINT_MAX}
+    assert odd.cost_usd == "999999.99999999"
+    assert odd.error.startswith("recorded with values clamped: input_tokens, output_tokens")
+    assert services.record_usage_batch([odd]) == 1  # the database takes every value
+    stored = UsageEvent.objects.get(request_id="oddid")
+    assert stored.input_tokens == BIGINT_MAX and stored.session_id == "s?"

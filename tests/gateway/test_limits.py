@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts import services as key_services
 from accounts.models import Team
 from billing.models import UsageEvent
+from billing.reservations import to_units
 from llmproxy.gateway import limits
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.policy import load_key_policy
@@ -47,7 +48,8 @@ async def test_requests_per_minute(limiter):
     assert error.kind is ErrorKind.RATE_LIMIT and error.retry_after == 50
     for ticket in tickets:
         await limiter.settle(ticket, Decimal(0), 0)
-    assert await limiter.admit(policy, now=now + 61)  # the next minute
+    ticket = await limiter.admit(policy, now=now + 61)  # the next minute
+    assert ticket.state.rpm_used == 1
 
 
 async def test_max_concurrent_is_released_on_settle(limiter):
@@ -59,7 +61,8 @@ async def test_max_concurrent_is_released_on_settle(limiter):
     assert error.kind is ErrorKind.RATE_LIMIT and error.retry_after == 1
     await limiter.settle(first, Decimal(0), 0)
     await limiter.settle(first, Decimal(0), 0)  # settling twice releases once
-    assert await limiter.admit(policy, now=now)
+    again = await limiter.admit(policy, now=now)  # would raise if the slot were still held
+    assert not again.released
     await refused(limiter, policy, now)
 
 
@@ -68,7 +71,8 @@ async def test_a_slot_held_by_a_dead_worker_expires(limiter):
     now = time.time()
     await limiter.admit(policy, now=now)  # never settled
     await refused(limiter, policy, now + 10)
-    assert await limiter.admit(policy, now=now + limits.HOLD_TTL + 1)
+    later = await limiter.admit(policy, now=now + limits.HOLD_TTL + 1)  # raises if still held
+    assert not later.released
 
 
 async def test_tokens_per_minute_counts_settled_tokens(limiter):
@@ -140,7 +144,7 @@ async def _policy(**fields):
 async def test_reservations_stop_concurrent_requests_from_overshooting(limiter):
     policy, _ = await _policy(budget_usd=Decimal("1.00"), budget_period="day")
     now = time.time()
-    forty_cents = limits.to_units(Decimal("0.40"))
+    forty_cents = to_units(Decimal("0.40"))
     first = await limiter.admit(policy, forty_cents, now=now)
     await limiter.admit(policy, forty_cents, now=now)
     # $0 spent, $0.80 reserved: a third request that could cost $0.40 would overshoot
@@ -150,22 +154,23 @@ async def test_reservations_stop_concurrent_requests_from_overshooting(limiter):
     # settling swaps the reservation for the actual cost
     await limiter.settle(first, Decimal("0.10"), 10)
     third = await limiter.admit(policy, forty_cents, now=now)
-    assert third.state.budget_left_units == limits.to_units(Decimal("0.10"))
+    assert third.state.budget_left_units == to_units(Decimal("0.10"))
 
 
 async def test_a_reservation_held_by_a_dead_worker_expires(limiter):
     policy, _ = await _policy(budget_usd=Decimal("1.00"), budget_period="total")
     now = time.time()
-    whole = limits.to_units(Decimal("1.00"))
+    whole = to_units(Decimal("1.00"))
     await limiter.admit(policy, whole, now=now)  # never settled
     await refused(limiter, policy, now + 60, 1)
-    assert await limiter.admit(policy, whole, now=now + limits.HOLD_TTL + 1)
+    later = await limiter.admit(policy, whole, now=now + limits.HOLD_TTL + 1)
+    assert later.state.budget_left_units == 0  # the whole budget is this request's again
 
 
 async def test_admission_reports_rate_limit_state(limiter):
     policy, _ = await _policy(rpm=10, tpm=5000, budget_usd=Decimal(2), budget_period="month")
     now = 1_800_000_010.0
-    ticket = await limiter.admit(policy, limits.to_units(Decimal("0.5")), now=now)
+    ticket = await limiter.admit(policy, to_units(Decimal("0.5")), now=now)
     headers = limits.state_headers(ticket, now)
     assert headers["x-llmproxy-ratelimit-limit-requests"] == "10"
     assert headers["x-llmproxy-ratelimit-remaining-requests"] == "9"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import orjson
 import pytest
 
@@ -32,12 +33,28 @@ def decided(protocol, endpoint, data_of, body: bytes, headers) -> object:
         return (error.kind, error.message)
 
 
-def assert_same_decision(protocol, endpoint, body: bytes, headers=()) -> object:
+def typed_view(protocol):
+    """The typed decoder alone, without read_view's fallback to the full parse."""
+
+    def read(body: bytes) -> dict:
+        return msgspec.to_builtins(protocol.view.decode(body))
+
+    return read
+
+
+def assert_same_decision(protocol, endpoint, body: bytes, headers=()) -> tuple[object, bool]:
+    """The decision, and whether the typed view itself took the body (else: the fallback)."""
     headers = list(headers)
-    by_view = decided(protocol, endpoint, protocol.read, body, headers)
     by_parse = decided(protocol, endpoint, parse_json_object, body, headers)
-    assert by_view == by_parse
-    return by_view
+    try:
+        typed_view(protocol)(body)
+    except msgspec.DecodeError:
+        # The view refuses this shape: reading must then be the full parse, nothing else.
+        assert decided(protocol, endpoint, protocol.read, body, headers) == by_parse
+        return by_parse, False
+    assert decided(protocol, endpoint, typed_view(protocol), body, headers) == by_parse
+    assert decided(protocol, endpoint, protocol.read, body, headers) == by_parse
+    return by_parse, True
 
 
 CAPTURED = sorted(p.name for p in SAMPLES.glob("*_request.json"))
@@ -48,8 +65,9 @@ def test_every_captured_request_reads_the_same_through_the_view(name):
     captured = captured_request(name)
     protocol, endpoint = ENDPOINTS[captured["path"]]
     body = json.dumps(captured["body"]).encode()
-    info = assert_same_decision(protocol, endpoint, body, asgi_headers(captured))
+    info, typed = assert_same_decision(protocol, endpoint, body, asgi_headers(captured))
     assert not isinstance(info, tuple), info  # a real request is never refused as malformed
+    assert typed  # real requests take the fast path
     view = protocol.read(body)
     assert "messages" not in view and "system" not in view and "instructions" not in view
 
@@ -111,6 +129,14 @@ def test_odd_bodies_get_the_decision_the_full_parse_gives(path, body):
     headers = [(b"x-codex-turn-metadata", b'{"request_kind": "compaction"}')]
     assert_same_decision(protocol, endpoint, body)
     assert_same_decision(protocol, endpoint, body, headers)
+
+
+@pytest.mark.parametrize("path", sorted(ENDPOINTS))
+def test_most_odd_bodies_are_compared_on_the_typed_view_itself(path):
+    """Bodies the view refuses only exercise the fallback; make sure they are the few."""
+    protocol, endpoint = ENDPOINTS[path]
+    typed = [assert_same_decision(protocol, endpoint, body)[1] for body in ODD_BODIES]
+    assert sum(typed) >= len(ODD_BODIES) * 2 // 3, sum(typed)
 
 
 def test_a_body_is_forwarded_unchanged_unless_the_gateway_must_rewrite_it():

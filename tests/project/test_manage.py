@@ -186,7 +186,7 @@ def test_loadprices_refreshes_from_a_file(tmp_path):
     assert int(re.search(r"(\d+) created", output).group(1)) > 0
     custom = tmp_path / "p.json"
     custom.write_text(
-        '{"prices": [{"model_pattern": "claude-haiku-4-5*", '
+        '{"prices": [{"model_pattern": "claude-haiku-4-5*", "provider_kind": "anthropic", '
         '"input_per_mtok": "9", "output_per_mtok": "99"}]}'
     )
     assert "0 created, 1 updated" in run("loadprices", "--file", str(custom))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rest_framework import permissions
 
+from accounts.models import ApiKey
+
 
 class IsStaff(permissions.BasePermission):
     message = "Only staff may do this."
@@ -23,6 +25,5 @@ class StaffWritesOthersRead(permissions.BasePermission):
 
 class HasVirtualKey(permissions.BasePermission):
     def has_permission(self, request, view) -> bool:
-        from accounts.models import ApiKey
 
         return isinstance(request.auth, ApiKey)

@@ -7,7 +7,7 @@ from decimal import Decimal
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.handlers.asgi import ASGIRequest
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import TruncDate
 from django.http import StreamingHttpResponse
 from django.utils.dateparse import parse_date, parse_datetime
@@ -22,8 +22,9 @@ from rest_framework.views import APIView
 
 from accounts import services as key_services
 from accounts.models import ApiKey, ApiToken, Team
+from billing import budgets
+from billing.budgets import Budget
 from billing.models import Price, UsageEvent
-from billing.periods import period_key, period_start
 from llmproxy.console.api import serializers as s
 from llmproxy.console.api.auth import VirtualKeyAuthentication
 from llmproxy.console.api.permissions import HasVirtualKey, IsStaff, StaffWritesOthersRead
@@ -37,30 +38,6 @@ class Pages(pagination.PageNumberPagination):
 
 
 # --- keys ------------------------------------------------------------------------------------
-
-# What a key's owner may change: names and tags freely; limits only downwards.
-OWNER_FREE = {"name", "tags"}
-OWNER_LOWER = {"budget_usd", "rpm", "tpm", "max_concurrent"}
-OWNER_NARROW = {"allowed_models", "allowed_endpoints"}  # empty means "all"
-
-
-def check_owner_change(key: ApiKey, changes: dict) -> None:
-    """A key's owner may tighten its policy but never loosen it."""
-    for field, new in changes.items():
-        old = getattr(key, field)
-        if field in OWNER_FREE or new == old:
-            continue
-        if field in OWNER_LOWER and new is not None and (old is None or new <= old):
-            continue
-        if field in OWNER_NARROW and new and (not old or set(new) <= set(old)):
-            continue
-        if field == "allowed_tools" and set(new) <= set(old):
-            continue
-        if field == "allow_background" and new is False:
-            continue
-        if field == "expires_at" and new is not None and (old is None or new <= old):
-            continue
-        raise PermissionDenied(f"A key's owner may not raise or widen {field}; ask an admin.")
 
 
 class ApiKeyViewSet(
@@ -99,7 +76,12 @@ class ApiKeyViewSet(
 
     def perform_update(self, serializer):
         if not self.request.user.is_staff:
-            check_owner_change(serializer.instance, serializer.validated_data)
+            try:
+                key_services.check_owner_change(
+                    key=serializer.instance, changes=serializer.validated_data
+                )
+            except key_services.NotAllowed as refusal:
+                raise PermissionDenied(str(refusal)) from None
         serializer.save()
 
     @extend_schema(request=None, responses={200: s.SecretSerializer})
@@ -357,7 +339,7 @@ class SpendView(APIView):
             raise ValidationError({"by": f"one of {', '.join(GROUPS)}"})
         rows = (
             usage_for(request)
-            .annotate(group=GROUPS[by] if by == "day" else _field(GROUPS[by]))
+            .annotate(group=GROUPS[by] if by == "day" else F(GROUPS[by]))
             .values("group")
             .annotate(
                 requests=Count("id"),
@@ -373,12 +355,6 @@ class SpendView(APIView):
         return Response(s.SpendRowSerializer(data, many=True).data)
 
 
-def _field(name: str):
-    from django.db.models import F
-
-    return F(name)
-
-
 class MeView(APIView):
     """For a key holder (authenticated with the virtual key itself): the key's policy, spend
     and remaining budget; what a Claude Code status line needs."""
@@ -390,35 +366,24 @@ class MeView(APIView):
     def get(self, request):
         key: ApiKey = request.auth
         now = datetime.now(UTC)
-        budgets = []
-        owners = [("key", key, {"api_key": key})]
-        if key.team is not None:
-            owners.append(("team", key.team, {"team": key.team}))
-        for scope, owner, where in owners:
-            if owner.budget_usd is None:
-                continue
-            spent = _spent(where, period_start(owner.budget_period, now))
-            budgets.append(
-                {
-                    "scope": scope,
-                    "period": period_key(owner.budget_period, now),
-                    "limit_usd": owner.budget_usd,
-                    "spent_usd": spent,
-                    "remaining_usd": max(Decimal(0), owner.budget_usd - spent),
-                }
-            )
-        today = _spent({"api_key": key}, period_start("day", now))
+        states = [budgets.state(budget, now) for budget in budgets.for_key(key)]
+        rows = [
+            {
+                "scope": state.budget.scope,
+                "period": state.period,
+                "limit_usd": state.budget.limit_usd,
+                "spent_usd": state.spent_usd,
+                "remaining_usd": state.remaining_usd,
+            }
+            for state in states
+        ]
+        today = UsageEvent.objects.spent(Budget("key", key.pk, Decimal(0), "day"), now)
         return Response(
             {
                 "key": s.ApiKeySerializer(key).data,
-                "budgets": s.BudgetStateSerializer(budgets, many=True).data,
+                "budgets": s.BudgetStateSerializer(rows, many=True).data,
                 "spent_today_usd": s.MeSerializer()
                 .fields["spent_today_usd"]
                 .to_representation(today),
             }
         )
-
-
-def _spent(where: dict, since: datetime) -> Decimal:
-    total = UsageEvent.objects.filter(created_at__gte=since, **where).aggregate(t=Sum("cost_usd"))
-    return total["t"] or Decimal(0)

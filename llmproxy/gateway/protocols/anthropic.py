@@ -127,6 +127,7 @@ def read_message(tap: Tap, body: dict) -> None:
 class AnthropicStreamTap(Tap):
     # Only these events carry usage; text and tool deltas are skipped without parsing.
     _WANTED = (b"message_start", b"message_delta", b"error")
+    _LAST = (b"message_stop", b"error")
 
     def __init__(self) -> None:
         super().__init__()
@@ -136,6 +137,8 @@ class AnthropicStreamTap(Tap):
         for event, data in self._events.feed(chunk):
             if event in self._WANTED:
                 self._read(event, data)
+            if event in self._LAST:
+                self.final = True
 
     def _read(self, event: bytes, data: bytes) -> None:
         try:

@@ -63,6 +63,9 @@ class Tap:
         self.usage = Usage()
         self.error = ""
         self.upstream_model = ""
+        # The answer's last event went by: its usage is final, whatever follows. The relay
+        # settles right then, before that event reaches the client.
+        self.final = False
 
     def feed(self, chunk: bytes) -> None:
         raise NotImplementedError

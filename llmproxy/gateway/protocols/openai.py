@@ -183,6 +183,7 @@ class ResponsesTap(Tap):
         for event, data in self._events.feed(chunk):
             if event in self._WANTED:
                 self.read_event(data)
+                self.final = True
 
     def read_event(self, data: bytes) -> None:
         """One SSE event's JSON."""
@@ -201,6 +202,26 @@ class ResponsesTap(Tap):
         elif payload.get("type") == "error":
             error = payload.get("error") if isinstance(payload.get("error"), dict) else payload
             self.error = str(error.get("message", "error"))[:500]
+
+
+# Events after which a Responses websocket has finished one response.create.
+FINISHED = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
+
+
+class FrameTap(ResponsesTap):
+    """The Responses events as websocket frames: one JSON text per event."""
+
+    def __init__(self, container_memory: str = "1g") -> None:
+        super().__init__(container_memory)
+
+    def feed(self, frame: str) -> None:
+        try:
+            event = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(event, dict) and event.get("type") in FINISHED:
+            self.final = True
+            self.read_payload(event)
 
 
 def read_usage(tap: Tap, usage: dict[str, Any], inputs: str, outputs: str) -> None:
@@ -247,6 +268,8 @@ class ChatStreamTap(Tap):
 
     def feed(self, chunk: bytes) -> None:
         for _event, data in self._events.feed(chunk):
+            if data == b"[DONE]":
+                self.final = True
             payload = self.read_chunk(data) if b'"usage"' in data else None
             if self.rewrites and not (payload is not None and payload.get("choices") == []):
                 self._kept.append(b"data: " + data + b"\n\n")

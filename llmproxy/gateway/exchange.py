@@ -1,0 +1,336 @@
+"""One upstream call, from the request the gateway forwards to the usage it records.
+
+``Exchange.relay`` passes the provider's chunks (or websocket frames) to the client unchanged
+while a tap reads usage on the side; ``Exchange.settle`` is the one way a call ends. However
+it ends (answered to the end, client gone, upstream broke, cancelled before the answer, a
+websocket frame on either path), settle runs exactly once: it prices what was used, swaps
+the admission reservation for the actual cost and hands one usage record to the sink. It
+cannot raise: a value it cannot read becomes a note on the record, and the reservation is
+always released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from billing import reservations
+from billing.pricing import ModelPrice
+from billing.records import UsageRecord
+from llmproxy.core.ids import new_id
+from llmproxy.gateway import upstream
+from llmproxy.gateway.limits import Ticket, limiter, state_headers
+from llmproxy.gateway.messages import Incoming
+from llmproxy.gateway.policy import KeyPolicy, ProviderInfo
+from llmproxy.gateway.protocols.base import (
+    Endpoint,
+    Headers,
+    Protocol,
+    RequestInfo,
+    Tap,
+    parse_json_object,
+)
+from llmproxy.gateway.usage_sink import sink
+
+log = logging.getLogger(__name__)
+
+ZERO = Decimal(0)
+# Request headers that can change an answer, so they are part of a shared request's identity.
+SHARING_HEADERS = frozenset(
+    {b"anthropic-version", b"anthropic-beta", b"openai-beta", b"x-codex-beta-features"}
+)
+# Status recorded for a call the client gave up before any answer came.
+CLIENT_CLOSED = 499
+
+
+def client_name(incoming: Incoming) -> str:
+    agent = incoming.header(b"user-agent") or b""
+    if agent.startswith(b"claude-cli/"):
+        return "claude-code"
+    originator = incoming.header(b"originator") or b""
+    if originator.startswith(b"codex") or agent.startswith(b"codex"):
+        return "codex"
+    for marker, name in (
+        (b"Anthropic/Python", "anthropic-python"),
+        (b"Anthropic/JS", "anthropic-js"),
+        (b"OpenAI/Python", "openai-python"),
+        (b"OpenAI/JS", "openai-js"),
+    ):
+        if agent.startswith(marker):
+            return name
+    return agent.split(b"/", 1)[0].decode("latin-1")[:40] or "unknown"
+
+
+def upstream_headers(protocol: Protocol, provider: ProviderInfo, client: Headers) -> Headers:
+    """The client's headers by allow-list, the protocol's defaults, the provider's credential.
+
+    The client's own credential is never among them: it is not on any allow-list.
+    """
+    headers = upstream.pick_headers(
+        client, protocol.request_headers, protocol.request_header_prefixes
+    )
+    present = {name for name, _ in headers}
+    headers += [h for h in protocol.default_headers() if h[0] not in present]
+    headers += [(k.encode(), v.encode()) for k, v in provider.extra_headers]
+    headers += protocol.credential_headers(provider)
+    return headers
+
+
+class Exchange:
+    """One upstream call: what it needs to forward, relay and settle."""
+
+    def __init__(
+        self,
+        incoming: Incoming,
+        protocol: Protocol,
+        endpoint: Endpoint,
+        policy: KeyPolicy,
+        info: RequestInfo,
+        provider: ProviderInfo,
+        upstream_model: str,
+        price: ModelPrice | None,
+    ) -> None:
+        self.incoming = incoming
+        self.protocol = protocol
+        self.endpoint = endpoint
+        self.policy = policy
+        self.info = info
+        self.provider = provider
+        self.upstream_model = upstream_model
+        self.price = price
+        self.ticket: Ticket | None = None
+        self.request_id = new_id()
+        self.created_at = datetime.now(UTC)
+        self.started = time.perf_counter()
+        self.first_byte: float | None = None
+        self.tap: Tap = protocol.tap(False, info, endpoint)
+        self.status = 0  # the provider's status, once it answered
+        self.complete = False  # the upstream answer was read to its end
+        self.relay_error = ""
+        self.settled = False
+        # False for calls that settle without a usage record of their own: a follower of an
+        # identical request in flight (sharing.py) and a websocket warm-up, neither of
+        # which generates anything.
+        self.records_usage = True
+        # Closes what the upstream answer holds open (an HTTP response, a websocket turn).
+        self.release: Callable[[bool], Awaitable[None]] | None = None
+
+    # --- the request ------------------------------------------------------------------------
+
+    def upstream_request(self) -> tuple[str, list[tuple[bytes, bytes]], bytes]:
+        protocol, provider = self.protocol, self.provider
+        url = provider.base_url + self.endpoint.upstream_path
+        if self.incoming.query:
+            url += "?" + self.incoming.query.decode("latin-1")
+        headers = upstream_headers(protocol, provider, self.incoming.headers)
+        # Identity encoding: the taps read the bytes they relay.
+        headers.append((b"accept-encoding", b"identity"))
+        body = self.incoming.body
+        if self.upstream_model != self.info.model or protocol.rewrites(self.endpoint, self.info):
+            # Only then is the whole body parsed and re-serialized; otherwise the client's
+            # bytes go up unchanged.
+            data = parse_json_object(body)
+            self.rewrite(data)
+            body = orjson.dumps(data)
+        return url, headers, body
+
+    def rewrite(self, data: dict) -> None:
+        """The changes the gateway makes to a request (in place): the routed model name and
+        the protocol's own (a refused hosted tool taken out, chat usage requested)."""
+        self.protocol.rewrite(self.endpoint, data, self.info)
+        if self.upstream_model != self.info.model:
+            data["model"] = self.upstream_model
+
+    def sharing_key(self) -> str:
+        """Identical requests (same key, path, body and answer-changing headers) share it."""
+        digest = hashlib.sha256(f"{self.policy.key_id}\n{self.incoming.path}\n".encode())
+        for name, value in self.incoming.headers:
+            if name in SHARING_HEADERS:
+                digest.update(name + b":" + value + b"\n")
+        digest.update(self.incoming.body)
+        return digest.hexdigest()
+
+    # --- admission --------------------------------------------------------------------------
+
+    async def admit(self) -> None:
+        if self.endpoint.billed:
+            self.ticket = await limiter().admit(self.policy, self.reservation_units())
+
+    def reservation_units(self) -> int:
+        """The cost to hold against the key's and team's budgets while this call runs."""
+        if self.price is None or not self.policy.budgets:
+            return 0
+        info = self.info
+        declared = reservations.Declared(
+            body_bytes=len(self.incoming.body),
+            max_output_tokens=info.max_output_tokens,
+            hosted_tools=[t for t in info.hosted_tools if t not in info.removed_tools],
+            tool_limits=info.hosted_tool_limits,
+            container_memory=info.container_memory,
+        )
+        return reservations.reserve(self.price, declared, expected=self.policy.reserve_expected)
+
+    # --- the answer ---------------------------------------------------------------------------
+
+    def reply_headers(self, upstream_headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+        protocol = self.protocol
+        headers = upstream.pick_headers(
+            upstream_headers, protocol.response_headers, protocol.response_header_prefixes
+        )
+        headers.append((b"x-llmproxy-request-id", self.request_id.encode()))
+        if self.ticket is not None and self.ticket.policy.limited:
+            now = time.time()
+            headers += [
+                (k.encode(), v.encode()) for k, v in state_headers(self.ticket, now).items()
+            ]
+        if self.info.removed_tools:
+            removed = ",".join(self.info.removed_tools).encode()
+            headers.append((b"x-llmproxy-removed-tools", removed))
+        return headers
+
+    async def relay(
+        self, chunks: AsyncIterator[Any], broken: Callable[[str], Any] | None
+    ) -> AsyncIterator[Any]:
+        """The upstream's chunks (or frames), unchanged, as they arrive; the tap sees each.
+
+        A provider that breaks off mid-answer is reported to the client with ``broken``'s
+        error (an SSE error event, an error frame); the call then settles as partial.
+        """
+        try:
+            async for chunk in chunks:
+                if self.first_byte is None:
+                    self.first_byte = time.perf_counter()
+                self.tap.feed(chunk)
+                if self.tap.final and not self.settled:
+                    # The answer's usage is known: settle before the client sees its end.
+                    self.complete = True
+                    await self.settle()
+                if self.tap.rewrites:
+                    chunk = self.tap.rewrite(chunk)
+                    if not chunk:
+                        continue
+                yield chunk
+            self.complete = True
+        except upstream.BROKEN as exc:
+            self.relay_error = f"upstream stream broke: {type(exc).__name__}"
+            if broken is not None:
+                yield broken(
+                    f"The connection to the provider failed mid-answer ({type(exc).__name__})."
+                )
+
+    async def close(self) -> None:
+        """The sender is done with the answer, however that went: close it and settle."""
+        if self.release is not None:
+            release, self.release = self.release, None
+            try:
+                await asyncio.shield(release(self.complete))
+            except Exception:
+                log.exception("closing the upstream answer of %s failed", self.request_id)
+        await self.settle()
+
+    # --- settlement -----------------------------------------------------------------------
+
+    async def settle(self, status: int | None = None, *, error: str = "", partial=None) -> None:
+        """The one way a call ends; runs once, never raises, survives cancellation."""
+        if self.settled:
+            return
+        self.settled = True
+        await asyncio.shield(self._settle(status, error, partial))
+
+    async def _settle(self, status: int | None, error: str, partial: bool | None) -> None:
+        try:
+            record, cost, tokens = self._account(status, error, partial)
+        except Exception as exc:
+            log.exception("usage of %s could not be read; recorded from its reservation", self)
+            record, cost, tokens = self._unreadable(status, exc)
+        if self.ticket is not None:
+            try:
+                await limiter().settle(self.ticket, cost, tokens)
+            except Exception:
+                # The slot and reservation then expire on their own (limits.HOLD_TTL).
+                log.exception("the limiter could not settle %s", self.request_id)
+        if self.records_usage:
+            sink.submit(record)
+
+    def _account(
+        self, status: int | None, error: str, partial: bool | None
+    ) -> tuple[UsageRecord, Decimal, int]:
+        self.tap.finish()
+        usage = self.tap.usage
+        cost = ZERO
+        if self.endpoint.billed and self.price is not None:
+            cost = self.price.cost(usage)
+        elif self.endpoint.billed and usage.reported:
+            error = error or f"no price for model {self.upstream_model!r}: recorded at $0"
+        if not error and not self.complete:
+            error = self.relay_error or "client disconnected"
+        record = self.record(
+            status=self.status if status is None else status,
+            cost=cost,
+            partial=not self.complete if partial is None else partial,
+            error=error or self.relay_error or self.tap.error,
+        )
+        return record, cost, usage.total_tokens
+
+    def _unreadable(self, status: int | None, exc: Exception) -> tuple[UsageRecord, Decimal, int]:
+        """A record that needs nothing the failure may have broken; charged its reservation,
+        the most the call was allowed to cost."""
+        held = self.ticket.reserved_units if self.ticket is not None else 0
+        cost = reservations.from_units(held)
+        values = self._identity(self.status if status is None else status)
+        values.update(
+            input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0,
+            cache_write_1h_tokens=0, reasoning_tokens=0, tool_calls={}, cost_usd=str(cost),
+            partial=not self.complete, estimated=True,
+            error=f"usage unreadable ({type(exc).__name__}: {exc}); charged its reservation",
+        )  # fmt: skip
+        return UsageRecord.build(**values), cost, 0
+
+    def record(self, *, status: int, cost: Decimal, partial: bool, error: str) -> UsageRecord:
+        usage = self.tap.usage
+        values = self._identity(status)
+        values.update(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            tool_calls={**usage.tool_calls, **usage.containers},
+            cost_usd=str(cost),
+            partial=partial,
+            estimated=usage.estimated,
+            error=error,
+        )
+        return UsageRecord.build(**values)
+
+    def _identity(self, status: int) -> dict[str, Any]:
+        ended = time.perf_counter()
+        first = self.first_byte
+        return {
+            "request_id": self.request_id,
+            "created_at": self.created_at.isoformat(),
+            "api_key_id": self.policy.key_id,
+            "team_id": self.policy.team_id,
+            "provider_id": self.provider.id,
+            "model": self.info.model,
+            "upstream_model": self.tap.upstream_model or self.upstream_model,
+            "endpoint": self.incoming.path,
+            "client": client_name(self.incoming),
+            "session_id": self.info.session_id,
+            "status": status,
+            "kind": self.info.kind,
+            "latency_ms": int((ended - self.started) * 1000),
+            "ttft_ms": int((first - self.started) * 1000) if first else None,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Exchange {self.request_id} {self.endpoint.upstream_path} {self.info.model!r}>"
