@@ -1,7 +1,7 @@
 """Settings for llmproxy, read from the environment.
 
-No environment at all gives the embedded mode: SQLite, local-memory cache, in-memory channel
-layer and Celery in eager mode. DATABASE_URL and REDIS_URL switch to the scaled mode. Every
+No environment at all gives the embedded mode: SQLite, local-memory cache and Celery in eager
+mode. DATABASE_URL and REDIS_URL switch to the scaled mode. Every
 variable is listed in README.md; app code reads ``django.conf.settings``, never ``os.environ``.
 """
 
@@ -98,10 +98,12 @@ else:
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- Redis: cache, channel layer, Celery broker and hot counters ----------------------------
+# --- Redis: limit and budget counters, policy generation, Celery broker, Django's cache ---
 REDIS_URL = env_str(ENV, "REDIS_URL")
 if REDIS_URL:
     check_redis_url("REDIS_URL", REDIS_URL)
+    # Shared by every worker: what must hold across processes (throttled bookkeeping of API
+    # token use) stays consistent. Without Redis, Django's default local-memory cache.
     CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
@@ -109,15 +111,6 @@ if REDIS_URL:
             "KEY_PREFIX": "llmproxy",
         }
     }
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "llmproxy:asgi"},
-        }
-    }
-else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str(ENV, "CELERY_BROKER_URL", REDIS_URL or "memory://localhost/")

@@ -19,7 +19,6 @@ PROBE = (
     "print(json.dumps({'db': settings.DATABASES['default']['ENGINE'], "
     "'db_name': str(settings.DATABASES['default']['NAME']), "
     "'cache': settings.CACHES['default']['BACKEND'], "
-    "'layer': settings.CHANNEL_LAYERS['default']['BACKEND'], "
     "'eager': settings.CELERY_TASK_ALWAYS_EAGER, 'broker': settings.CELERY_BROKER_URL, "
     "'debug': settings.DEBUG, 'hosts': settings.ALLOWED_HOSTS}))"
 )
@@ -50,7 +49,6 @@ def test_no_environment_in_debug_gives_the_embedded_mode(tmp_path):
     assert loaded["db"] == "django.db.backends.sqlite3"
     assert loaded["db_name"].startswith(str(tmp_path))
     assert loaded["cache"].endswith("LocMemCache")
-    assert loaded["layer"] == "channels.layers.InMemoryChannelLayer"
     assert loaded["eager"] is True
     # the dev secret is generated into an untracked file, readable only by its owner
     secret_file = tmp_path / "dev-secret-key"
@@ -70,7 +68,6 @@ def test_scaled_mode_from_database_and_redis_urls(tmp_path):
     loaded = json.loads(result.stdout)
     assert loaded["db"] == "django.db.backends.postgresql"
     assert loaded["cache"] == "django_redis.cache.RedisCache"
-    assert loaded["layer"] == "channels_redis.core.RedisChannelLayer"
     assert loaded["eager"] is False
     assert loaded["broker"] == "redis://cache.example:6380/2"
     assert loaded["debug"] is False
