@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import orjson
-
 from billing import reservations
 from billing.pricing import ModelPrice
 from billing.records import UsageRecord
@@ -36,6 +34,7 @@ from llmproxy.gateway.protocols.base import (
     Protocol,
     RequestInfo,
     Tap,
+    dump_json,
     parse_json_object,
 )
 from llmproxy.gateway.usage_sink import sink
@@ -139,7 +138,7 @@ class Exchange:
             # bytes go up unchanged.
             data = parse_json_object(body)
             self.rewrite(data)
-            body = orjson.dumps(data)
+            body = dump_json(data)
         return url, headers, body
 
     def rewrite(self, data: dict) -> None:
@@ -161,12 +160,15 @@ class Exchange:
     # --- admission --------------------------------------------------------------------------
 
     async def admit(self) -> None:
-        if self.endpoint.billed:
-            self.ticket = await limiter().admit(self.policy, self.reservation_units())
+        """Rate limits and concurrency for every call (each one is an upstream call made with
+        the organisation's credential); a budget reservation for the billed ones."""
+        self.ticket = await limiter().admit(
+            self.policy, self.reservation_units(), billed=self.endpoint.billed
+        )
 
     def reservation_units(self) -> int:
         """The cost to hold against the key's and team's budgets while this call runs."""
-        if self.price is None or not self.policy.budgets:
+        if self.price is None or not self.policy.budgets or not self.endpoint.billed:
             return 0
         info = self.info
         declared = reservations.Declared(

@@ -55,6 +55,7 @@ class Ticket:
     policy: KeyPolicy
     minute: int
     reserved_units: int = 0
+    budgets: tuple[Budget, ...] = ()  # the budgets this call counts against
     budget_keys: list[tuple[str, str]] = field(default_factory=list)  # (spend, reservations)
     state: State = field(default_factory=State)
     released: bool = False
@@ -145,14 +146,19 @@ class LocalLimiter:
         self.slots: dict[int, dict[str, float]] = {}
         self.reservations: dict[str, dict[str, tuple[int, float]]] = {}
 
-    async def admit(self, policy: KeyPolicy, estimate: int = 0, now: float | None = None):
+    async def admit(
+        self, policy: KeyPolicy, estimate: int = 0, now: float | None = None, *, billed=True
+    ) -> Ticket:
+        """Admit a call or raise the refusal. An unbilled call (a token count) is held to the
+        rate and concurrency limits only, not to budgets."""
         now = time.time() if now is None else now
         ticket = Ticket(new_id(), policy, int(now // 60), estimate)
+        ticket.budgets = policy.budgets if billed else ()
         if not policy.limited:
             ticket.released = True  # nothing to count or release
             return ticket
-        ticket.budget_keys = [budget_keys(b, now) for b in policy.budgets]
-        for budget, (spend, _) in zip(policy.budgets, ticket.budget_keys, strict=True):
+        ticket.budget_keys = [budget_keys(b, now) for b in ticket.budgets]
+        for budget, (spend, _) in zip(ticket.budgets, ticket.budget_keys, strict=True):
             if spend not in self.counters:
                 spent = await ledger_spend(budget, now)
                 self.counters.setdefault(spend, spent)
@@ -180,7 +186,7 @@ class LocalLimiter:
             raise _refusal(2, ticket, now, None)
         if policy.tpm is not None and state.tpm_used >= policy.tpm:
             raise _refusal(3, ticket, now, None)
-        for budget, (spend, reservations) in zip(policy.budgets, ticket.budget_keys, strict=True):
+        for budget, (spend, reservations) in zip(ticket.budgets, ticket.budget_keys, strict=True):
             held = self.reservations.setdefault(reservations, {})
             for expired in [t for t, (_, expiry) in held.items() if expiry <= now]:
                 del held[expired]
@@ -290,13 +296,18 @@ class RedisLimiter:
         client = hotstore.async_redis()
         return client.register_script(ADMIT_SCRIPT), client.register_script(SETTLE_SCRIPT)
 
-    async def admit(self, policy: KeyPolicy, estimate: int = 0, now: float | None = None):
+    async def admit(
+        self, policy: KeyPolicy, estimate: int = 0, now: float | None = None, *, billed=True
+    ) -> Ticket:
+        """Admit a call or raise the refusal. An unbilled call (a token count) is held to the
+        rate and concurrency limits only, not to budgets."""
         now = time.time() if now is None else now
         ticket = Ticket(new_id(), policy, int(now // 60), estimate)
+        ticket.budgets = policy.budgets if billed else ()
         if not policy.limited:
             ticket.released = True  # nothing to count or release
             return ticket
-        ticket.budget_keys = [budget_keys(b, now) for b in policy.budgets]
+        ticket.budget_keys = [budget_keys(b, now) for b in ticket.budgets]
         admit_script, _ = self._scripts.get()
         keys = [
             f"{PREFIX}slots:{policy.key_id}",
@@ -312,7 +323,7 @@ class RedisLimiter:
             _limit(policy.rpm),
             _limit(policy.tpm),
             estimate,
-            *(to_units(b.limit_usd) for b in policy.budgets),
+            *(to_units(b.limit_usd) for b in ticket.budgets),
         ]
         for _attempt in range(3):
             code, index, rpm_used, tpm_used, least, least_index = await admit_script(
@@ -320,15 +331,15 @@ class RedisLimiter:
             )
             if code != 9:
                 break
-            await self._rebuild(policy.budgets[index - 1], ticket.budget_keys[index - 1][0], now)
+            await self._rebuild(ticket.budgets[index - 1], ticket.budget_keys[index - 1][0], now)
         ticket.state = State(int(rpm_used), int(tpm_used))
         if least_index:
-            _tightest(ticket.state, policy.budgets[least_index - 1], int(least))
+            _tightest(ticket.state, ticket.budgets[least_index - 1], int(least))
         if code == 0:
             return ticket
         if code == 9:
             raise ProxyError(ErrorKind.INTERNAL, "The spend ledger is unavailable; try again.")
-        budget = policy.budgets[index - 1] if code == 4 else None
+        budget = ticket.budgets[index - 1] if code == 4 else None
         raise _refusal(code, ticket, now, budget)
 
     async def _rebuild(self, budget: Budget, counter: str, now: float) -> None:

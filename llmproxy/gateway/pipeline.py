@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from decimal import Decimal
 
 import aiohttp
 import httpx
@@ -18,6 +19,7 @@ import httpx
 from llmproxy.gateway import sharing, upstream
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.exchange import CLIENT_CLOSED, Exchange, client_name, upstream_headers
+from llmproxy.gateway.limits import limiter
 from llmproxy.gateway.messages import Incoming, Reply, error_reply
 from llmproxy.gateway.policy import Catalog, KeyPolicy, policies
 from llmproxy.gateway.protocols.base import Endpoint, Protocol, RequestInfo
@@ -156,31 +158,34 @@ async def forward(exchange: Exchange) -> Reply:
     protocol = exchange.protocol
     try:
         url, headers, body = exchange.upstream_request()
+    except ProxyError as error:
+        await exchange.settle(error.kind.status, error=error.message, partial=False)
+        return error_reply(protocol, error)
+    try:
         response = await upstream.get().send(exchange.incoming.method, url, headers, body)
     except (httpx.HTTPError, aiohttp.ClientError) as exc:
         error = unreachable(exchange, exc)
-        await exchange.settle(error.kind.status, error=f"upstream: {exc!r}"[:500], partial=False)
+        await exchange.settle(error.kind.status, error=upstream.describe(exc), partial=False)
         return error_reply(protocol, error)
     except BaseException:
         # Cancelled (client gone) or a bug before the upstream answered: release the slot.
         await exchange.settle(CLIENT_CLOSED, error="cancelled before reply", partial=True)
         raise
-    if response.status_code in (401, 403):
+    if response.status_code == 401:
         await response.aclose()
         await exchange.settle(
-            502,
-            error=f"provider rejected the gateway's credential (HTTP {response.status_code})",
-            partial=False,
+            502, error="provider rejected the gateway's credential (HTTP 401)", partial=False
         )
         return error_reply(
             protocol,
             ProxyError(
                 ErrorKind.UPSTREAM_CREDENTIAL,
                 f"The gateway's credential for provider {exchange.provider.name!r} was rejected "
-                f"(HTTP {response.status_code}). Your own key is fine; an admin must fix the "
-                "provider's API key.",
+                "(HTTP 401). Your own key is fine; an admin must fix the provider's API key.",
             ),
         )
+    if response.status_code == 403:
+        return await refused_upstream(exchange, response)
     exchange.status = response.status_code
 
     async def release(complete: bool) -> None:
@@ -210,6 +215,29 @@ async def forward(exchange: Exchange) -> Reply:
     return Reply(response.status_code, headers, body, close=exchange.close)
 
 
+async def refused_upstream(exchange: Exchange, response: httpx.Response) -> Reply:
+    """The provider refused the gateway's request (403): a permission, region or policy
+    refusal of the organisation's account, not of the client's key. Say what the provider
+    said, as a 502: a 403 would tell the client its own key is refused."""
+    try:
+        said = upstream.error_message(await response.aread())
+    except upstream.BROKEN:
+        said = ""
+    finally:
+        await response.aclose()
+    name = exchange.provider.name
+    await exchange.settle(502, error=f"provider refused the request (HTTP 403): {said}"[:500])
+    return error_reply(
+        exchange.protocol,
+        ProxyError(
+            ErrorKind.UPSTREAM_CREDENTIAL,
+            f"Provider {name!r} refused the gateway's request (HTTP 403)"
+            + (f": {said}" if said else ".")
+            + " Your own key is fine; an admin must check the provider account's access.",
+        ),
+    )
+
+
 # --- entry points ------------------------------------------------------------------------
 
 
@@ -236,10 +264,16 @@ async def list_models(incoming: Incoming, protocol: Protocol) -> Reply:
     """The key's allowed models, in the protocol's list shape."""
     try:
         policy = await authenticate(incoming)
+        # The list is an upstream call with the organisation's credential: it counts
+        # against the key's request rate like any other.
+        ticket = await limiter().admit(policy, billed=False)
     except ProxyError as error:
         return error_reply(protocol, error)
     catalog = await policies.catalog()
-    names = await _upstream_model_ids(catalog, protocol)
+    try:
+        names = await _upstream_model_ids(catalog, protocol)
+    finally:
+        await limiter().settle(ticket, Decimal(0), 0)
     if not names:
         # The provider's list is unavailable: offer the concrete names admins configured.
         names = [r.pattern for r in catalog.routes if not any(c in r.pattern for c in "*?[")]

@@ -10,6 +10,7 @@ when it moved, so a revoked key stops working everywhere within a second.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
@@ -175,12 +176,16 @@ def load_catalog() -> Catalog:
     return Catalog(routes, list(providers.values()), prices)
 
 
-_MAX_KEYS = 50_000  # unknown digests are cached too (as None): bound the memory they take
+# Unknown digests are remembered apart from known keys, oldest forgotten first: a flood of
+# made-up keys costs each one lookup and can never push a valid key out of the cache.
+_MAX_UNKNOWN = 10_000
+_MAX_KEYS = 200_000  # known keys: bounded by what admins created
 
 
 class PolicyCache:
     def __init__(self) -> None:
-        self._keys: dict[str, KeyPolicy | None] = {}
+        self._keys: dict[str, KeyPolicy] = {}
+        self._unknown: OrderedDict[str, None] = OrderedDict()
         self._catalog: Catalog | None = None
         self._generation: tuple | None = None
         self._checked_at = float("-inf")
@@ -190,14 +195,16 @@ class PolicyCache:
             return None
         await self._refresh()
         digest = keys.key_digest(secret)
-        try:
-            return self._keys[digest]
-        except KeyError:
-            pass
+        policy = self._keys.get(digest)
+        if policy is not None or digest in self._unknown:
+            return policy
         policy = await dbthreads.run(load_key_policy, digest)
-        if len(self._keys) >= _MAX_KEYS:
-            self._keys.clear()
-        self._keys[digest] = policy
+        if policy is None:
+            self._unknown[digest] = None
+            while len(self._unknown) > _MAX_UNKNOWN:
+                self._unknown.popitem(last=False)
+        elif len(self._keys) < _MAX_KEYS:
+            self._keys[digest] = policy
         return policy
 
     async def catalog(self) -> Catalog:
@@ -217,6 +224,7 @@ class PolicyCache:
         generation = (local, await hotstore.shared_generation())
         if generation != self._generation:
             self._keys.clear()
+            self._unknown.clear()
             self._catalog = None
             self._generation = generation
 

@@ -32,6 +32,7 @@ from llmproxy.gateway import pipeline, upstream
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.policy import ProviderInfo, policies
 from llmproxy.gateway.protocols import openai
+from llmproxy.gateway.protocols.base import dump_json
 from llmproxy.gateway.protocols.sse import SSESplitter
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class History:
         new_input = body.get("input", [])
         if isinstance(new_input, str):
             new_input = [{"role": "user", "content": new_input}]
+        if not isinstance(new_input, list):
+            raise ProxyError(ErrorKind.INVALID_REQUEST, "input: expected a string or a list.")
         expanded = {k: v for k, v in body.items() if k != "previous_response_id"}
         expanded["input"] = [*self._items[previous], *new_input]
         return expanded
@@ -190,6 +193,11 @@ class ResponsesSocket(AsyncConsumer):
                 await self._handle(text)
             except ProxyError as error:
                 await self._send_json(error_frame(error))
+            except Exception:
+                # Every frame gets an answer and the socket stays usable, whatever went wrong.
+                log.exception("websocket frame failed")
+                failure = ProxyError(ErrorKind.INTERNAL, "The gateway failed on this frame.")
+                await self._send_json(error_frame(failure))
 
     async def _handle(self, text: str) -> None:
         try:
@@ -210,7 +218,7 @@ class ResponsesSocket(AsyncConsumer):
         body = self.history.expand(body)
         body["stream"] = True
         incoming = pipeline.Incoming(
-            "POST", "/v1/responses", b"", self.scope["headers"], orjson.dumps(body)
+            "POST", "/v1/responses", b"", self.scope["headers"], dump_json(body)
         )
         reply = await pipeline.handle(incoming, openai.PROTOCOL, openai.RESPONSES)
         await self._relay(reply, body)
@@ -253,7 +261,7 @@ class ResponsesSocket(AsyncConsumer):
         ``Exchange.relay`` and settled by ``Exchange.settle`` when the reply is finished.
         """
         incoming = pipeline.Incoming(
-            "POST", "/v1/responses", b"", self.scope["headers"], orjson.dumps(body)
+            "POST", "/v1/responses", b"", self.scope["headers"], dump_json(body)
         )
         exchange = await pipeline.prepare(incoming, openai.PROTOCOL, openai.RESPONSES)
         try:
@@ -269,7 +277,7 @@ class ResponsesSocket(AsyncConsumer):
             return False
         outgoing = dict(frame)
         exchange.rewrite(outgoing)
-        turn = UpstreamTurn(self, exchange, socket, orjson.dumps(outgoing).decode())
+        turn = UpstreamTurn(self, exchange, socket, dump_json(outgoing).decode())
         if frame.get("generate") is False:
             exchange.records_usage = False  # a warm-up generates nothing: not admitted or billed
         else:

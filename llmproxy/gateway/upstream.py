@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import aiohttp
 import httpx
+import orjson
 from django.conf import settings
 from httpx_aiohttp import AiohttpTransport
 
@@ -132,15 +133,38 @@ def pick_headers(
     return kept
 
 
-def is_timeout(exc: httpx.HTTPError) -> bool:
-    """Did the provider fail to answer in time (rather than refuse or break the connection)?
+def is_timeout(exc: Exception) -> bool:
+    """Did the provider fail to answer in time (rather than refuse, break or hang up)?
 
-    httpx-aiohttp maps aiohttp's connection-refused error to ConnectTimeout, so look at the
-    aiohttp exception underneath before trusting the httpx class.
+    httpx-aiohttp maps several aiohttp errors (connection refused, reset, the server closing
+    without an answer) to ConnectTimeout, so look at the aiohttp exception underneath
+    before trusting the httpx class.
     """
     cause = exc.__cause__
-    if isinstance(cause, aiohttp.ClientConnectorError) and not isinstance(
-        cause, aiohttp.ServerTimeoutError
-    ):
+    if isinstance(cause, aiohttp.ClientError) and not isinstance(cause, aiohttp.ServerTimeoutError):
         return False
-    return isinstance(exc, httpx.TimeoutException) or isinstance(cause, TimeoutError)
+    return isinstance(exc, httpx.TimeoutException | TimeoutError) or isinstance(cause, TimeoutError)
+
+
+def describe(exc: BaseException) -> str:
+    """An upstream error for logs and usage records: its class and message, never its repr
+    (aiohttp's repr carries the request headers, the provider's credential among them)."""
+    cause = exc.__cause__
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(cause, aiohttp.ClientError) and not str(exc):
+        text += f" ({type(cause).__name__}: {cause})"
+    return text[:500]
+
+
+def error_message(body: bytes) -> str:
+    """The message of a provider's JSON error body (either protocol's shape), else ''."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"][:300]
+    if isinstance(error, str):
+        return error[:300]
+    return ""

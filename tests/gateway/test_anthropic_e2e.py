@@ -353,12 +353,11 @@ def test_upstream_errors_pass_through_with_retry_headers(
     assert event.status == status and event.cost_usd == 0 and "upstream says no" in event.error
 
 
-@pytest.mark.parametrize("status", [401, 403])
 def test_upstream_credential_rejection_is_a_502_naming_the_provider(
-    gateway, fake, make_key, recorded, status
+    gateway, fake, make_key, recorded
 ):
     secret = make_key()
-    fake.enqueue(fu.error(status, "authentication_error", "invalid x-api-key"))
+    fake.enqueue(fu.error(401, "authentication_error", "invalid x-api-key"))
     with pytest.raises(anthropic.APIStatusError) as raised:
         client(gateway, secret).messages.create(model=MODEL, max_tokens=5, messages=MESSAGES)
     assert raised.value.status_code == 502
@@ -366,6 +365,20 @@ def test_upstream_credential_rejection_is_a_502_naming_the_provider(
     assert "fake-anthropic" in raised.value.body["error"]["message"]
     assert "credential" in raised.value.body["error"]["message"]
     assert recorded(1)[0].status == 502
+
+
+def test_an_upstream_403_says_what_the_provider_said(gateway, fake, make_key, recorded):
+    """A permission or region refusal is not a bad credential: pass the provider's words on
+    (as a 502: a 403 would tell the client that its own key is refused)."""
+    secret = make_key()
+    fake.enqueue(fu.error(403, "permission_error", "This model is not available in your region"))
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        client(gateway, secret).messages.create(model=MODEL, max_tokens=5, messages=MESSAGES)
+    assert raised.value.status_code == 502
+    message = raised.value.body["error"]["message"]
+    assert "not available in your region" in message and "credential" not in message
+    (event,) = recorded(1)
+    assert event.status == 502 and "not available in your region" in event.error
 
 
 def test_mid_stream_upstream_error_reaches_the_sdk(gateway, fake, make_key, recorded):

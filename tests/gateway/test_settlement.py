@@ -7,6 +7,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from billing.models import Price
 from tests.fakes import MODEL, OPENAI_MODEL
 from tests.fakes import fake_openai as fo
 from tests.fakes import fake_provider as fu
@@ -20,28 +21,41 @@ def post(gateway, path: str, secret: str, body: dict) -> httpx.Response:
     )
 
 
-def test_usage_settle_cannot_read_is_charged_its_reservation_and_frees_the_slot(
-    gateway, fake, make_openai_key, recorded
+def test_usage_settle_cannot_price_is_charged_its_reservation_and_frees_the_slot(
+    gateway, fake, openai_provider, make_openai_key, recorded
 ):
-    """A provider answer whose usage cannot be read (an output item with a container id that
-    is an object, which the tap cannot count) still yields one usage record, charged the
-    most the call was allowed to cost, and releases the key's only concurrency slot."""
+    """A call whose cost cannot be computed (a price row holding a signalling NaN, which the
+    database took) still yields one usage record, charged the most the call was allowed to
+    cost, and releases the key's only concurrency slot."""
+    Price.objects.filter(model_pattern="gpt-test-*").update(tool_prices={"web_search": "sNaN"})
     secret = make_openai_key(max_concurrent=1, budget_usd=Decimal(5))
-    odd = {"type": "code_interpreter_call", "id": "ci_1", "container_id": {"x": 1}}
-    fake.enqueue(fo.response("ok", items=[odd]), fo.response("again"))
+    call = {"type": "web_search_call", "id": "ws_1", "status": "completed"}
+    fake.enqueue(fo.response("ok", items=[call]), fo.response("again"))
     body = {"model": OPENAI_MODEL, "input": "hi", "max_output_tokens": 100}
     first = post(gateway, "/v1/responses", secret, body)
-    assert first.status_code == 200 and first.json()["output"][-1]["container_id"] == {"x": 1}
+    assert first.status_code == 200 and first.json()["output"][-1]["type"] == "web_search_call"
     second = post(gateway, "/v1/responses", secret, body)
     assert second.status_code == 200, second.text  # the slot was released
-    unreadable, normal = recorded(2)
-    assert unreadable.estimated and "usage unreadable (TypeError" in unreadable.error
+    unpriced, normal = recorded(2)
+    assert unpriced.estimated and "usage unreadable (InvalidOperation" in unpriced.error
     # The reservation: the body's bytes / 3 at the input rate, and 100 output tokens.
     prompt = len(fake.requests[0].body) // 3
     reservation = (prompt * Decimal("1.25") + 100 * Decimal(10)) / Decimal(10**6)
-    assert unreadable.cost_usd == reservation.quantize(Decimal("0.00000001"))
-    assert unreadable.input_tokens == 0
+    assert unpriced.cost_usd == reservation.quantize(Decimal("0.00000001"))
     assert not normal.estimated and normal.error == ""
+
+
+def test_an_output_item_with_an_odd_container_id_is_still_counted(
+    gateway, fake, make_openai_key, recorded
+):
+    secret = make_openai_key()
+    odd = {"type": "code_interpreter_call", "id": {"x": 1}, "container_id": {"y": 2}}
+    fake.enqueue(fo.response("ok", items=[odd, dict(odd)]))
+    answer = post(gateway, "/v1/responses", secret, {"model": OPENAI_MODEL, "input": "hi"})
+    assert answer.status_code == 200
+    (event,) = recorded(1)
+    assert event.tool_calls == {"1g": 2} and event.error == ""
+    assert event.cost_usd == (10 * Decimal("1.25") + 5 * 10) / Decimal(10**6) + Decimal("0.06")
 
 
 def test_every_way_a_call_ends_records_exactly_one_event(gateway, fake, make_key, recorded):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +119,19 @@ def read_view(decoder: msgspec.json.Decoder | None, body: bytes) -> dict[str, An
             return msgspec.to_builtins(decoder.decode(body))
         except msgspec.DecodeError:  # ValidationError included
             pass
+        except RecursionError:
+            raise too_deep() from None
     return parse_json_object(body)
+
+
+MAX_DEPTH = 1000  # nesting the JSON decoders take; deeper bodies are refused
+
+
+def too_deep() -> ProxyError:
+    return ProxyError(
+        ErrorKind.INVALID_REQUEST,
+        f"The request body nests deeper than {MAX_DEPTH} levels; no API accepts that.",
+    )
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -128,13 +141,29 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         )
     try:
         data = orjson.loads(body)
+    except RecursionError:
+        raise too_deep() from None
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            raise too_deep() from None
         raise ProxyError(
             ErrorKind.INVALID_REQUEST, f"The request body is not valid JSON: {exc}"
         ) from None
     if not isinstance(data, dict):
         raise ProxyError(ErrorKind.INVALID_REQUEST, "The request body must be a JSON object.")
     return data
+
+
+def dump_json(data: Any) -> bytes:
+    """Serialize a client's (rewritten) body. orjson stops at 254 levels of nesting, fewer
+    than the decoders take: deeper bodies go through the standard library instead."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        try:
+            return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        except (RecursionError, ValueError, TypeError):
+            raise too_deep() from None
 
 
 def require_model(data: dict) -> str:

@@ -150,13 +150,17 @@ def read_response_usage(tap: ResponsesTap | JsonBodyTap, response: dict) -> None
 
 
 def count_calls(tap: Tap, output: list) -> None:
-    containers = set()
-    for item in output:
+    containers: set = set()
+    for index, item in enumerate(output):
         kind = item.get("type") if isinstance(item, dict) else None
+        if not isinstance(kind, str):
+            continue
         if kind in CALL_ITEMS:
             tap.usage.add_tool_calls(CALL_ITEMS[kind], 1)
         elif kind == "code_interpreter_call":
-            containers.add(item.get("container_id") or item.get("id"))
+            container = item.get("container_id") or item.get("id")
+            # An id that is not text still names one container: count it as its own.
+            containers.add(container if isinstance(container, str) else ("item", index))
     if containers:
         memory = getattr(tap, "container_memory", "1g")
         tap.usage.containers[memory] = tap.usage.containers.get(memory, 0) + len(containers)
@@ -365,7 +369,11 @@ class OpenAI(Protocol):
         if info.removed_tools:
             refused = set(info.removed_tools)
             data["tools"] = [
-                t for t in data["tools"] if not (isinstance(t, dict) and t.get("type") in refused)
+                t
+                for t in data["tools"]
+                if not (
+                    isinstance(t, dict) and isinstance(t.get("type"), str) and t["type"] in refused
+                )
             ]
         if endpoint is CHAT and info.stream and not info.include_usage:
             # Ask for usage so the call can be priced; ChatStreamTap drops the extra chunk.
