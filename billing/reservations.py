@@ -46,9 +46,14 @@ class Declared:
     held_prompt_tokens: int = 0
 
 
+def prompt_tokens(declared: Declared) -> int:
+    """The prompt the request may make the provider read: its body, and what it holds."""
+    return declared.body_bytes // BYTES_PER_TOKEN + declared.held_prompt_tokens
+
+
 def reserve(price: ModelPrice, declared: Declared, *, expected: bool) -> int:
     """Units to hold: the request's worst case, or its expected cost in "expected" mode."""
-    prompt = declared.body_bytes // BYTES_PER_TOKEN + declared.held_prompt_tokens
+    prompt = prompt_tokens(declared)
     output = (
         declared.max_output_tokens
         or price.default_max_output_tokens

@@ -200,6 +200,15 @@ LLMPROXY_EXPECTED_OUTPUT_TOKENS = env_int(ENV, "LLMPROXY_EXPECTED_OUTPUT_TOKENS"
 LLMPROXY_RESERVED_TOOL_CALLS = env_int(ENV, "LLMPROXY_RESERVED_TOOL_CALLS", 10, minimum=0)
 # Codex's Responses websocket mode; false answers the upgrade with 426 (Codex uses HTTP).
 LLMPROXY_WEBSOCKETS = env_bool(ENV, "LLMPROXY_WEBSOCKETS", True)
+# Prompt tokens reserved for each thing a request makes the provider read that its body does
+# not carry (a previous response the gateway has no figure for, a stored conversation or
+# prompt, a file or URL).
+LLMPROXY_HELD_CONTEXT_TOKENS = env_int(ENV, "LLMPROXY_HELD_CONTEXT_TOKENS", 100_000, minimum=0)
+# A client that hangs up before its answer ended: read on this long for the provider's own
+# usage figure (sending nothing), then stop and record an estimate.
+LLMPROXY_ABANDONED_READ_SECONDS = env_float(
+    ENV, "LLMPROXY_ABANDONED_READ_SECONDS", 2.0, minimum=0.0
+)
 LLMPROXY_USAGE_BATCH_SIZE = env_int(ENV, "LLMPROXY_USAGE_BATCH_SIZE", 100, minimum=1)
 
 LOG_LEVEL = env_str(ENV, "DJANGO_LOG_LEVEL", "INFO").upper()

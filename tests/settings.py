@@ -25,3 +25,6 @@ CELERY_TASK_ALWAYS_EAGER = True
 # Close the database connection at the end of each request the test servers handle, so no
 # server thread still holds one when the test database is dropped.
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+
+# Hang-ups: tests that depend on how long an abandoned call reads on set it themselves.
+LLMPROXY_ABANDONED_READ_SECONDS = 0.3

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from llmproxy.gateway import pipeline
 from llmproxy.gateway.errors import ErrorKind, ProxyError
+from llmproxy.gateway.messages import give_up
 from llmproxy.gateway.protocols import anthropic, openai
 from llmproxy.gateway.protocols.base import Endpoint, Protocol
 
@@ -50,6 +51,7 @@ class ProxyConsumer(AsyncHttpConsumer):
         self.scope = scope
         self.base_send = send
         self._complete = False
+        self._gone = False  # the client hung up: nothing more is sent
         if self.protocol is None:
             self.protocol = protocol_for(scope)
         body = await self._read_body(receive)
@@ -59,7 +61,8 @@ class ProxyConsumer(AsyncHttpConsumer):
         watcher = asyncio.ensure_future(self._wait_for_disconnect(receive))
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done() and not self._complete:
-            work.cancel()  # the client hung up mid-answer: stop the upstream call
+            self._gone = True
+            await give_up(work, settings.LLMPROXY_ABANDONED_READ_SECONDS)
         with contextlib.suppress(asyncio.CancelledError):
             await work
         watcher.cancel()
@@ -126,24 +129,28 @@ class ProxyConsumer(AsyncHttpConsumer):
             )
         await self._send_reply(reply)
 
+    async def _send(self, message: dict) -> None:
+        if not self._gone:
+            await self.base_send(message)
+
     async def _send_reply(self, reply: pipeline.Reply) -> None:
         headers = reply.headers
         if reply.stream is None:
             headers = [*headers, (b"content-length", str(len(reply.body)).encode())]
         try:
-            await self.base_send(
+            await self._send(
                 {"type": "http.response.start", "status": reply.status, "headers": headers}
             )
             if reply.stream is not None:
                 async for chunk in reply.stream:
-                    await self.base_send(
+                    await self._send(
                         {"type": "http.response.body", "body": chunk, "more_body": True}
                     )
             # Settled before the last message: a client that has its whole answer finds
             # its limits and the ledger already updated.
             await reply.finish()
             self._complete = True
-            await self.base_send({"type": "http.response.body", "body": reply.body})
+            await self._send({"type": "http.response.body", "body": reply.body})
         finally:
             await reply.finish()
 

@@ -25,6 +25,7 @@ from billing.pricing import ModelPrice
 from billing.records import UsageRecord
 from llmproxy.core.ids import new_id
 from llmproxy.gateway import upstream
+from llmproxy.gateway.context import held_context
 from llmproxy.gateway.limits import Ticket, limiter, state_headers
 from llmproxy.gateway.messages import Incoming
 from llmproxy.gateway.policy import KeyPolicy, ProviderInfo
@@ -119,6 +120,7 @@ class Exchange:
         # identical request in flight (sharing.py) and a websocket warm-up, neither of
         # which generates anything.
         self.records_usage = True
+        self.reached = True  # False once it is known the request never reached the provider
         # Closes what the upstream answer holds open (an HTTP response, a websocket turn).
         self.release: Callable[[bool], Awaitable[None]] | None = None
 
@@ -166,18 +168,22 @@ class Exchange:
             self.policy, self.reservation_units(), billed=self.endpoint.billed
         )
 
-    def reservation_units(self) -> int:
-        """The cost to hold against the key's and team's budgets while this call runs."""
-        if self.price is None or not self.policy.budgets or not self.endpoint.billed:
-            return 0
+    def declared(self) -> reservations.Declared:
         info = self.info
-        declared = reservations.Declared(
+        return reservations.Declared(
             body_bytes=len(self.incoming.body),
             max_output_tokens=info.max_output_tokens,
             hosted_tools=[t for t in info.hosted_tools if t not in info.removed_tools],
             tool_limits=info.hosted_tool_limits,
             container_memory=info.container_memory,
+            held_prompt_tokens=info.held_prompt_tokens,
         )
+
+    def reservation_units(self) -> int:
+        """The cost to hold against the key's and team's budgets while this call runs."""
+        if self.price is None or not self.policy.budgets or not self.endpoint.billed:
+            return 0
+        declared = self.declared()
         return reservations.reserve(self.price, declared, expected=self.policy.reserve_expected)
 
     # --- the answer ---------------------------------------------------------------------------
@@ -266,7 +272,14 @@ class Exchange:
         self, status: int | None, error: str, partial: bool | None
     ) -> tuple[UsageRecord, Decimal, int]:
         self.tap.finish()
+        if self.estimable():
+            # Ended before its usage event: the provider still bills what it generated.
+            self.tap.estimate(reservations.prompt_tokens(self.declared()))
         usage = self.tap.usage
+        if self.tap.response_id:
+            # What a call continuing this response will make the provider read first.
+            context = usage.prompt_tokens + usage.output_tokens
+            held_context.remember(self.policy.key_id, self.tap.response_id, context)
         cost = ZERO
         if self.endpoint.billed and self.price is not None:
             cost = self.price.cost(usage)
@@ -281,6 +294,17 @@ class Exchange:
             error=error or self.relay_error or self.tap.error,
         )
         return record, cost, usage.total_tokens
+
+    def estimable(self) -> bool:
+        """Did the provider (probably) generate something whose usage it never reported?
+        A billed call that reached it and ended, or was given up, before a final usage
+        event: answered 2xx, or not answered yet. Error answers are not billed."""
+        return (
+            self.endpoint.billed
+            and self.reached
+            and not self.tap.final
+            and (self.status == 0 or 200 <= self.status < 300)
+        )
 
     def _unreadable(self, status: int | None, exc: Exception) -> tuple[UsageRecord, Decimal, int]:
         """A record that needs nothing the failure may have broken; charged its reservation,

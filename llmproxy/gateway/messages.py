@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -57,3 +58,15 @@ class Reply:
 def error_reply(protocol: Protocol, error: ProxyError) -> Reply:
     headers = [(b"content-type", b"application/json"), *error.response_headers()]
     return Reply(protocol.error_status(error), headers, protocol.error_body(error))
+
+
+async def give_up(work: asyncio.Future, grace: float) -> None:
+    """The client hung up before its answer was done. Let the call read on (sending nothing)
+    for up to ``grace`` seconds, since the provider's own usage figure usually follows the
+    last content within milliseconds; then stop it, and settlement estimates what was never
+    reported (docs/operations.md, "Abandoned calls")."""
+    if grace > 0:
+        done, _ = await asyncio.wait({work}, timeout=grace)
+        if done:
+            return
+    work.cancel()

@@ -17,6 +17,7 @@ import aiohttp
 import httpx
 
 from llmproxy.gateway import sharing, upstream
+from llmproxy.gateway.context import held_context
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.exchange import CLIENT_CLOSED, Exchange, client_name, upstream_headers
 from llmproxy.gateway.limits import limiter
@@ -125,6 +126,8 @@ async def prepare(incoming: Incoming, protocol: Protocol, endpoint: Endpoint) ->
     """Authenticate, read and authorize the request, and pick its provider."""
     policy = await authenticate(incoming)
     info = protocol.inspect(endpoint, protocol.read(incoming.body), incoming.headers)
+    info.held_references += protocol.held_references(incoming.body)
+    info.held_prompt_tokens = held_context.tokens(policy.key_id, info)
     authorize(policy, protocol, endpoint, info)
     catalog = await policies.catalog()
     provider, upstream_model, price = route(catalog, protocol, policy, info.model)
@@ -159,12 +162,15 @@ async def forward(exchange: Exchange) -> Reply:
     try:
         url, headers, body = exchange.upstream_request()
     except ProxyError as error:
+        exchange.reached = False
         await exchange.settle(error.kind.status, error=error.message, partial=False)
         return error_reply(protocol, error)
     try:
         response = await upstream.get().send(exchange.incoming.method, url, headers, body)
     except (httpx.HTTPError, aiohttp.ClientError) as exc:
         error = unreachable(exchange, exc)
+        # A provider that took the request and then timed out may have billed for it.
+        exchange.reached = error.kind is ErrorKind.UPSTREAM_TIMEOUT
         await exchange.settle(error.kind.status, error=upstream.describe(exc), partial=False)
         return error_reply(protocol, error)
     except BaseException:
@@ -201,7 +207,11 @@ async def forward(exchange: Exchange) -> Reply:
         return Reply(response.status_code, headers, stream=relayed, close=exchange.close)
     # A JSON answer of known size goes out in one message with its length, as the provider
     # sent it: one write to the client instead of a chunk per read plus a terminator.
-    body = b"".join([chunk async for chunk in relayed])
+    try:
+        body = b"".join([chunk async for chunk in relayed])
+    except BaseException:
+        await exchange.close()  # the client left while the answer was read: settle it
+        raise
     if not exchange.complete:
         reply = error_reply(
             protocol,

@@ -30,6 +30,7 @@ from django.conf import settings
 from llmproxy.core.ids import new_id
 from llmproxy.gateway import pipeline, upstream
 from llmproxy.gateway.errors import ErrorKind, ProxyError
+from llmproxy.gateway.messages import give_up
 from llmproxy.gateway.policy import ProviderInfo, policies
 from llmproxy.gateway.protocols import openai
 from llmproxy.gateway.protocols.base import dump_json
@@ -97,10 +98,11 @@ class UpstreamTurn:
             await self.socket.send_str(self.payload)
         except ConnectionError:
             if not self.reused:
+                self.exchange.reached = False
                 raise
             await self._resend()
         self.connection.sent_on[self.provider.id] = self.socket
-        while not self.exchange.tap.final:
+        while not self.exchange.tap.ended:
             message = await self.socket.receive()
             if message.type == aiohttp.WSMsgType.TEXT:
                 yield message.data
@@ -129,6 +131,7 @@ class ResponsesSocket(AsyncConsumer):
     async def __call__(self, scope, receive, send):
         self.scope = scope
         self.base_send = send
+        self.gone = False  # the client closed its socket: nothing more is sent
         self.history = History()
         self.upstreams: dict[int, aiohttp.ClientWebSocketResponse] = {}  # by provider id
         self.bridged: set[int] = set()  # providers whose websocket could not be opened
@@ -147,7 +150,7 @@ class ResponsesSocket(AsyncConsumer):
             await self._send_json(error_frame(error))
             await send({"type": "websocket.close", "code": 1008})
             return
-        frames: asyncio.Queue[str] = asyncio.Queue()
+        frames: asyncio.Queue[str | None] = asyncio.Queue()
         worker = asyncio.ensure_future(self._work(frames))
         try:
             while True:
@@ -160,7 +163,13 @@ class ResponsesSocket(AsyncConsumer):
                         text = (message.get("bytes") or b"").decode("utf-8", "replace")
                     frames.put_nowait(text)
         finally:
-            worker.cancel()  # a response still streaming is cancelled and settled as partial
+            # The client is gone: frames it queued are dropped, the response in flight may
+            # read on briefly for its usage figure, then it is stopped and settled.
+            self.gone = True
+            while not frames.empty():
+                frames.get_nowait()
+            frames.put_nowait(None)
+            await give_up(worker, settings.LLMPROXY_ABANDONED_READ_SECONDS)
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
             for socket in self.upstreams.values():
@@ -184,11 +193,17 @@ class ResponsesSocket(AsyncConsumer):
             await send({"type": "websocket.close", "code": 1013})
 
     async def _send_json(self, event: dict) -> None:
-        await self.base_send({"type": "websocket.send", "text": orjson.dumps(event).decode()})
+        await self._send_text(orjson.dumps(event).decode())
 
-    async def _work(self, frames: asyncio.Queue[str]) -> None:
+    async def _send_text(self, text: str) -> None:
+        if not self.gone:
+            await self.base_send({"type": "websocket.send", "text": text})
+
+    async def _work(self, frames: asyncio.Queue[str | None]) -> None:
         while True:
             text = await frames.get()
+            if text is None:
+                return
             try:
                 await self._handle(text)
             except ProxyError as error:
@@ -292,7 +307,7 @@ class ResponsesSocket(AsyncConsumer):
     async def _send_frames(self, reply: pipeline.Reply) -> None:
         try:
             async for text in reply.stream:
-                await self.base_send({"type": "websocket.send", "text": text})
+                await self._send_text(text)
         finally:
             await reply.finish()
 
@@ -329,7 +344,7 @@ class ResponsesSocket(AsyncConsumer):
         response_id = None
         async for chunk in reply.stream:
             for name, data in events.feed(chunk):
-                await self.base_send({"type": "websocket.send", "text": data.decode()})
+                await self._send_text(data.decode())
                 if name == b"response.output_item.done" or name in TERMINAL:
                     response_id = self._track(name, data, output) or response_id
         return response_id, output

@@ -37,6 +37,7 @@ class OpenAIReply:
     headers: dict[str, str] = field(default_factory=dict)
     error_status: int | None = None
     error: dict | None = None
+    head_delay: float = 0.0  # wait this long before answering at all
 
 
 def response(
@@ -52,6 +53,7 @@ def response(
     chunks: int = 3,
     delay: float = 0.0,
     headers: dict[str, str] | None = None,
+    head_delay: float = 0.0,
 ) -> OpenAIReply:
     usage = {
         "input_tokens": input_tokens,
@@ -61,7 +63,7 @@ def response(
     }
     return OpenAIReply(
         text=text, items=items or [], usage=usage, status=status, compaction=compaction,
-        chunks=chunks, delay=delay, headers=headers or {},
+        chunks=chunks, delay=delay, headers=headers or {}, head_delay=head_delay,
     )  # fmt: skip
 
 
@@ -87,13 +89,15 @@ def chat(
     completion_tokens: int = 5,
     cached_tokens: int = 0,
     chunks: int = 3,
+    delay: float = 0.0,
+    head_delay: float = 0.0,
 ) -> OpenAIReply:
     usage = {
         "input_tokens": prompt_tokens,
         "output_tokens": completion_tokens,
         "cached_tokens": cached_tokens,
     }
-    return OpenAIReply(text=text, usage=usage, chunks=chunks)
+    return OpenAIReply(text=text, usage=usage, chunks=chunks, delay=delay, head_delay=head_delay)
 
 
 def openai_error(status: int, type: str, message: str, code: str | None = None, headers=None):
@@ -283,6 +287,8 @@ class OpenAIRoutes:
         if reply.error is not None:
             return self._error(reply)
         model = str(data.get("model", "gpt-test"))
+        if reply.head_delay:
+            await asyncio.sleep(reply.head_delay)
         headers = {"x-request-id": f"req_{next(_ids):08d}", **reply.headers}
         if data.get("stream") is not True:
             body = response_object(reply, model, output_items(reply), reply.status)
@@ -314,11 +320,19 @@ class OpenAIRoutes:
             )
         options = data.get("stream_options") or {}
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if reply.head_delay:
+            await asyncio.sleep(reply.head_delay)
         stream = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await stream.prepare(request)
-        for chunk in chat_chunks(reply, model, include_usage):
-            await stream.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-        await stream.write(b"data: [DONE]\n\n")
+        try:
+            for chunk in chat_chunks(reply, model, include_usage):
+                if reply.delay:
+                    await asyncio.sleep(reply.delay)
+                await stream.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            await stream.write(b"data: [DONE]\n\n")
+        except ConnectionResetError:
+            self.fake.disconnects += 1
+            return stream
         await stream.write_eof()
         return stream
 
@@ -338,6 +352,8 @@ class OpenAIRoutes:
                 reply = response("", input_tokens=0, output_tokens=0)
             else:
                 reply = self._next(response())
+            if reply.head_delay:
+                await asyncio.sleep(reply.head_delay)
             for index, event in enumerate(response_events(reply, str(frame.get("model", "gpt")))):
                 if reply.delay and index:
                     await asyncio.sleep(reply.delay)

@@ -60,6 +60,8 @@ class Reply:
     stream_error_type: str = "overloaded_error"
     hang_after: int | None = None  # stream N events, then stall until the client leaves
     drop_after: int | None = None  # stream N events, then cut the connection
+    head_delay: float = 0.0  # wait this long before the status line
+    body_pieces: int = 1  # a non-stream body written in this many pieces, ``delay`` apart
 
 
 def _usage(input_tokens, output_tokens, cache_read, cache_write_5m, cache_write_1h, **tools):
@@ -344,6 +346,10 @@ class FakeProvider:
                 body=orjson.dumps(reply.json_body), headers=headers, content_type="application/json"
             )
         model = str(data.get("model", "claude-test-4-5"))
+        if reply.head_delay:
+            await asyncio.sleep(reply.head_delay)
+        if not stream and reply.body_pieces > 1:
+            return await self._slow_body(request, orjson.dumps(_message(reply, model)), reply)
         if not stream:
             if reply.delay:
                 await asyncio.sleep(reply.delay)
@@ -379,6 +385,20 @@ class FakeProvider:
             self.disconnects += 1
             raise
         await response.write_eof()
+        return response
+
+    async def _slow_body(self, request, body: bytes, reply: Reply):
+        response = web.StreamResponse(headers={"content-type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        size = -(-len(body) // reply.body_pieces)
+        try:
+            for start in range(0, len(body), size):
+                await response.write(body[start : start + size])
+                await asyncio.sleep(reply.delay)
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnects += 1
+            raise
         return response
 
     async def _cut_body(self, request, body: bytes, headers: dict):

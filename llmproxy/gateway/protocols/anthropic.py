@@ -20,6 +20,7 @@ from llmproxy.gateway.protocols.base import (
     count,
     optional_int,
     require_model,
+    string_length,
 )
 from llmproxy.gateway.protocols.sse import SSESplitter
 
@@ -124,10 +125,23 @@ def read_message(tap: Tap, body: dict) -> None:
         read_usage(tap, usage)
 
 
+# Where a content_block_delta carries generated content: text, tool input, thinking.
+_CONTENT = (b'"text":"', b'"partial_json":"', b'"thinking":"')
+
+
+def content_length(data: bytes) -> int:
+    for marker in _CONTENT:
+        length = string_length(data, marker)
+        if length:
+            return length
+    return 0
+
+
 class AnthropicStreamTap(Tap):
     # Only these events carry usage; text and tool deltas are skipped without parsing.
     _WANTED = (b"message_start", b"message_delta", b"error")
-    _LAST = (b"message_stop", b"error")
+    # After these the usage is final (message_delta carries the cumulative output count).
+    _LAST = (b"message_delta", b"message_stop")
 
     def __init__(self) -> None:
         super().__init__()
@@ -135,7 +149,9 @@ class AnthropicStreamTap(Tap):
 
     def feed(self, chunk: bytes) -> None:
         for event, data in self._events.feed(chunk):
-            if event in self._WANTED:
+            if event == b"content_block_delta":
+                self.content_bytes += content_length(data)
+            elif event in self._WANTED:
                 self._read(event, data)
             if event in self._LAST:
                 self.final = True
@@ -180,6 +196,9 @@ class Anthropic(Protocol):
     )
     response_header_prefixes = (b"anthropic-ratelimit-", b"x-ratelimit-")
     view = msgspec.json.Decoder(_RequestView)
+    # Document and image sources the provider fetches or holds: {"type": "url", ...},
+    # {"type": "file", "file_id": ...}.
+    held_markers = (b'"file_id"', b'"type":"url"', b'"type": "url"')
 
     def inspect(self, endpoint: Endpoint, data: dict, headers: Headers) -> RequestInfo:
         model = require_model(data)

@@ -46,6 +46,12 @@ class RequestInfo:
     include_usage: bool = False  # a chat completions client asked for the usage chunk
     forced_tool: str | None = None  # the hosted tool tool_choice insists on, if any
     removed_tools: list[str] = field(default_factory=list)  # refused hosted tools taken out
+    # Context the provider holds for this request beyond its body (gateway/context.py):
+    # the response it continues, and how many stored things (conversation, prompt template,
+    # file, URL) it names. ``held_prompt_tokens`` is what admission reserves for them.
+    previous_response_id: str = ""
+    held_references: int = 0
+    held_prompt_tokens: int = 0
 
 
 class Tap:
@@ -64,15 +70,55 @@ class Tap:
         self.usage = Usage()
         self.error = ""
         self.upstream_model = ""
+        self.response_id = ""  # the provider's id for the answer, where it gives one
         # The answer's last event went by: its usage is final, whatever follows. The relay
         # settles right then, before that event reaches the client.
         self.final = False
+        # Bytes of generated content seen (text, thinking, tool arguments): what an
+        # abandoned call's output is estimated from when its usage never arrived.
+        self.content_bytes = 0
 
     def feed(self, chunk: bytes) -> None:
         raise NotImplementedError
 
     def finish(self) -> None:
         """Called once after the last chunk (or on disconnect)."""
+
+    def estimate(self, prompt_tokens: int) -> None:
+        """Fill in what the provider never reported, for a call given up before its usage
+        event: input from the start event if there was one, else ``prompt_tokens`` (the
+        reservation's estimate); output at least one token per ``BYTES_PER_TOKEN`` bytes
+        of content seen. Marks the usage as estimated."""
+        usage = self.usage
+        if not usage.prompt_tokens:
+            usage.input_tokens = prompt_tokens
+        usage.output_tokens = max(usage.output_tokens, -(-self.content_bytes // BYTES_PER_TOKEN))
+        usage.estimated = True
+
+
+# Output is estimated at one token per 3 bytes of UTF-8 content: tokenizers average about 4
+# for English and code, so this over-counts them; text of 1-2 byte characters per token
+# (CJK) comes out close (docs/operations.md).
+BYTES_PER_TOKEN = 3
+
+
+def string_length(data: bytes | str, marker: bytes | str) -> int:
+    """The length of the JSON string value that follows ``marker`` (``"text":"``) in an
+    event, as it is written (escapes count as written); 0 when there is none. Cheaper than
+    parsing the event: content deltas are most of a stream's events."""
+    start = data.find(marker)
+    if start < 0:
+        return 0
+    start += len(marker)
+    end = data.find(marker[-1:], start)  # the closing quote: the marker ends with one
+    while end > 0:
+        slashes = 0
+        while data[end - 1 - slashes : end - slashes] in (b"\\", "\\"):
+            slashes += 1
+        if slashes % 2 == 0:
+            return end - start
+        end = data.find(marker[-1:], end + 1)
+    return len(data) - start  # cut off mid-string: all of it
 
 
 class JsonBodyTap(Tap):
@@ -86,6 +132,8 @@ class JsonBodyTap(Tap):
 
     def feed(self, chunk: bytes) -> None:
         self._size += len(chunk)
+        # Cut off mid-body, the whole document read so far counts as content (an over-count).
+        self.content_bytes = self._size
         if self._size <= MAX_TAPPED_BODY:
             self._parts.append(chunk)
 
@@ -99,6 +147,7 @@ class JsonBodyTap(Tap):
             return
         if isinstance(body, dict):
             self._read_usage(self, body)
+            self.final = True
 
 
 # A field the request view leaves out when the body does not have it, so the view reads like
@@ -218,6 +267,13 @@ class Protocol:
 
     def read(self, body: bytes) -> dict[str, Any]:
         return read_view(self.view, body)
+
+    # Byte patterns in a request body that name something the provider stores (a file by
+    # id, a URL it fetches): found without parsing the body, each one is reserved for.
+    held_markers: tuple[bytes, ...] = ()
+
+    def held_references(self, body: bytes) -> int:
+        return sum(body.count(marker) for marker in self.held_markers) if self.held_markers else 0
 
     def rewrites(self, endpoint: Endpoint, info: RequestInfo) -> bool:
         """Will ``rewrite`` change this request's body? Only then is the body parsed whole."""

@@ -20,6 +20,7 @@ from llmproxy.gateway.protocols.base import (
     count,
     optional_int,
     require_model,
+    string_length,
 )
 from llmproxy.gateway.protocols.sse import SSESplitter
 
@@ -86,6 +87,9 @@ class _RequestView(msgspec.Struct):
     background: Any = UNSET
     stream_options: Any = UNSET
     tool_choice: Any = UNSET
+    previous_response_id: Any = UNSET
+    conversation: Any = UNSET
+    prompt: Any = UNSET
 
 
 def hosted_tools(data: dict) -> tuple[list[str], str]:
@@ -138,6 +142,8 @@ def read_response_usage(tap: ResponsesTap | JsonBodyTap, response: dict) -> None
     """Usage and hosted tool calls from a Responses ``response`` object."""
     if isinstance(response.get("model"), str):
         tap.upstream_model = response["model"]
+    if isinstance(response.get("id"), str):
+        tap.response_id = response["id"][:200]
     usage = response.get("usage")
     if isinstance(usage, dict):
         read_usage(tap, usage, "input_tokens", "output_tokens")
@@ -185,9 +191,11 @@ class ResponsesTap(Tap):
 
     def feed(self, chunk: bytes) -> None:
         for event, data in self._events.feed(chunk):
-            if event in self._WANTED:
+            if event.endswith(b".delta"):  # output text, reasoning, tool arguments
+                self.content_bytes += string_length(data, b'"delta":"')
+            elif event in self._WANTED:
                 self.read_event(data)
-                self.final = True
+                self.final = event != b"error"
 
     def read_event(self, data: bytes) -> None:
         """One SSE event's JSON."""
@@ -217,14 +225,19 @@ class FrameTap(ResponsesTap):
 
     def __init__(self, container_memory: str = "1g") -> None:
         super().__init__(container_memory)
+        self.ended = False  # the response's last frame (a terminal event or an error) went by
 
     def feed(self, frame: str) -> None:
+        if '.delta"' in frame[:120]:  # most frames: content, counted without parsing
+            self.content_bytes += string_length(frame.encode(), b'"delta":"')
+            return
         try:
             event = orjson.loads(frame)
         except orjson.JSONDecodeError:
             return
         if isinstance(event, dict) and event.get("type") in FINISHED:
-            self.final = True
+            self.ended = True
+            self.final = event.get("type") != "error"
             self.read_payload(event)
 
 
@@ -257,6 +270,10 @@ def read_chat_body(tap: JsonBodyTap, body: dict) -> None:
         tap.error = str(body["error"].get("message", ""))[:500]
 
 
+# Where a chat chunk carries generated content: text, tool arguments, reasoning.
+_CHAT_CONTENT = (b'"content":"', b'"arguments":"', b'"reasoning_content":"')
+
+
 class ChatStreamTap(Tap):
     """Chat chunks have no event names; only the one with a usage object is parsed.
 
@@ -274,6 +291,8 @@ class ChatStreamTap(Tap):
         for _event, data in self._events.feed(chunk):
             if data == b"[DONE]":
                 self.final = True
+            for marker in _CHAT_CONTENT:
+                self.content_bytes += string_length(data, marker)
             payload = self.read_chunk(data) if b'"usage"' in data else None
             if self.rewrites and not (payload is not None and payload.get("choices") == []):
                 self._kept.append(b"data: " + data + b"\n\n")
@@ -292,6 +311,7 @@ class ChatStreamTap(Tap):
                 self.upstream_model = payload["model"]
             if isinstance(payload.get("usage"), dict):
                 read_chat_usage(self, payload["usage"])
+                self.final = True  # the usage chunk comes last, just before [DONE]
             return payload
         return None
 
@@ -331,6 +351,9 @@ class OpenAI(Protocol):
     )
     response_header_prefixes = (b"x-ratelimit-", b"x-codex-")
     view = msgspec.json.Decoder(_RequestView)
+    # Inputs the provider holds or fetches: files by id or URL, images by URL (an image
+    # sent inline is a data: URL, in the body already).
+    held_markers = (b'"file_id"', b'"file_url"', b'"image_url":"http', b'"image_url": "http')
 
     def inspect(self, endpoint: Endpoint, data: dict, headers: Headers) -> RequestInfo:
         model = require_model(data)
@@ -347,6 +370,7 @@ class OpenAI(Protocol):
         kind = endpoint.kind
         if kind == "turn" and is_compaction(data, headers):
             kind = "compaction"
+        previous = data.get("previous_response_id")
         return RequestInfo(
             model=model,
             stream=stream,
@@ -358,6 +382,9 @@ class OpenAI(Protocol):
             background=data.get("background") is True,
             include_usage=wants_usage(data),
             forced_tool=forced_tool(data),
+            previous_response_id=previous if isinstance(previous, str) else "",
+            # A stored conversation or prompt template is context the provider holds.
+            held_references=sum(bool(data.get(name)) for name in ("conversation", "prompt")),
         )
 
     def rewrites(self, endpoint: Endpoint, info: RequestInfo) -> bool:
