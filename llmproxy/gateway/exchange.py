@@ -234,15 +234,16 @@ class Exchange:
                     f"The connection to the provider failed mid-answer ({type(exc).__name__})."
                 )
 
-    async def close(self) -> None:
-        """The sender is done with the answer, however that went: close it and settle."""
+    async def close(self, status: int | None = None) -> None:
+        """The sender is done with the answer, however that went: close it and settle
+        (recorded with ``status`` when the client got another than the provider's)."""
         if self.release is not None:
             release, self.release = self.release, None
             try:
                 await asyncio.shield(release(self.complete))
             except Exception:
                 log.exception("closing the upstream answer of %s failed", self.request_id)
-        await self.settle()
+        await self.settle(status)
 
     # --- settlement -----------------------------------------------------------------------
 

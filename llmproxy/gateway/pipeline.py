@@ -213,15 +213,12 @@ async def forward(exchange: Exchange) -> Reply:
         await exchange.close()  # the client left while the answer was read: settle it
         raise
     if not exchange.complete:
-        reply = error_reply(
-            protocol,
-            ProxyError(
-                ErrorKind.UPSTREAM_UNAVAILABLE,
-                f"The connection to provider {exchange.provider.name!r} broke mid-answer.",
-            ),
+        error = ProxyError(
+            ErrorKind.UPSTREAM_UNAVAILABLE,
+            f"The connection to provider {exchange.provider.name!r} broke mid-answer.",
         )
-        reply.close = exchange.close
-        return reply
+        await exchange.close(error.kind.status)
+        return error_reply(protocol, error)
     return Reply(response.status_code, headers, body, close=exchange.close)
 
 

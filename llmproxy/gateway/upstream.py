@@ -39,21 +39,21 @@ def _transport() -> httpx.AsyncBaseTransport:
     return AiohttpTransport(client=_session)
 
 
+def timeouts() -> dict[str, float]:
+    """Read per call, so a changed setting applies to the next request."""
+    connect = settings.LLMPROXY_CONNECT_TIMEOUT
+    return {"connect": connect, "read": settings.LLMPROXY_READ_TIMEOUT, "write": connect,
+            "pool": connect}  # fmt: skip
+
+
 class Upstream:
     """The per-loop transport (one connection pool) and a client over it for rare calls."""
 
     def __init__(self) -> None:
         self.transport = _transport()
-        connect = settings.LLMPROXY_CONNECT_TIMEOUT
-        self.timeouts = {
-            "connect": connect,
-            "read": settings.LLMPROXY_READ_TIMEOUT,
-            "write": connect,
-            "pool": connect,
-        }
         self.client = httpx.AsyncClient(
             transport=self.transport,
-            timeout=httpx.Timeout(**self.timeouts),
+            timeout=httpx.Timeout(**timeouts()),
             follow_redirects=False,
             trust_env=False,
         )
@@ -74,7 +74,7 @@ class Upstream:
     ) -> httpx.Response:
         request = httpx.Request(
             method, self.url(url), headers=headers, content=body,
-            extensions={"timeout": self.timeouts},
+            extensions={"timeout": timeouts()},
         )  # fmt: skip
         return await self.transport.handle_async_request(request)
 

@@ -38,6 +38,10 @@ class OpenAIReply:
     error_status: int | None = None
     error: dict | None = None
     head_delay: float = 0.0  # wait this long before answering at all
+    # Cut the answer off after N stream events (or half a non-stream body): "drop" closes the
+    # connection, "end" ends the stream cleanly as if it were complete.
+    cut_after: int | None = None
+    cut: str = "drop"
 
 
 def response(
@@ -292,16 +296,33 @@ class OpenAIRoutes:
         headers = {"x-request-id": f"req_{next(_ids):08d}", **reply.headers}
         if data.get("stream") is not True:
             body = response_object(reply, model, output_items(reply), reply.status)
-            return web.Response(
-                body=orjson.dumps(body), content_type="application/json", headers=headers
-            )
+            return await self._body(request, reply, orjson.dumps(body), headers)
+        events = [sse(event) for event in response_events(reply, model)]
+        return await self._stream(request, reply, events, headers)
+
+    async def _body(self, request, reply: OpenAIReply, body: bytes, headers: dict):
+        if reply.cut_after is None:
+            return web.Response(body=body, content_type="application/json", headers=headers)
+        response = web.StreamResponse(headers={**headers, "content-type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        request.transport.close()  # announced the whole body, sent half
+        return response
+
+    async def _stream(self, request, reply: OpenAIReply, events: list[bytes], headers: dict):
         stream = web.StreamResponse(headers={**headers, "content-type": "text/event-stream"})
         await stream.prepare(request)
         try:
-            for event in response_events(reply, model):
+            for sent, event in enumerate(events):
+                if sent == reply.cut_after:
+                    if reply.cut == "drop":
+                        request.transport.close()
+                        return stream
+                    break
                 if reply.delay:
                     await asyncio.sleep(reply.delay)
-                await stream.write(sse(event))
+                await stream.write(event)
         except ConnectionResetError:
             self.fake.disconnects += 1  # the client (the gateway) went away mid-answer
             return stream
@@ -314,27 +335,16 @@ class OpenAIRoutes:
         if reply.error is not None:
             return self._error(reply)
         model = str(data.get("model", "gpt-test"))
-        if data.get("stream") is not True:
-            return web.Response(
-                body=orjson.dumps(chat_completion(reply, model)), content_type="application/json"
-            )
-        options = data.get("stream_options") or {}
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
         if reply.head_delay:
             await asyncio.sleep(reply.head_delay)
-        stream = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await stream.prepare(request)
-        try:
-            for chunk in chat_chunks(reply, model, include_usage):
-                if reply.delay:
-                    await asyncio.sleep(reply.delay)
-                await stream.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-            await stream.write(b"data: [DONE]\n\n")
-        except ConnectionResetError:
-            self.fake.disconnects += 1
-            return stream
-        await stream.write_eof()
-        return stream
+        if data.get("stream") is not True:
+            return await self._body(request, reply, orjson.dumps(chat_completion(reply, model)), {})
+        options = data.get("stream_options") or {}
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        events = [
+            b"data: " + orjson.dumps(c) + b"\n\n" for c in chat_chunks(reply, model, include_usage)
+        ]
+        return await self._stream(request, reply, [*events, b"data: [DONE]\n\n"], {})
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         await self.fake.record(request)

@@ -60,6 +60,7 @@ class Reply:
     stream_error_type: str = "overloaded_error"
     hang_after: int | None = None  # stream N events, then stall until the client leaves
     drop_after: int | None = None  # stream N events, then cut the connection
+    end_after: int | None = None  # stream N events, then end the stream cleanly
     head_delay: float = 0.0  # wait this long before the status line
     body_pieces: int = 1  # a non-stream body written in this many pieces, ``delay`` apart
 
@@ -245,6 +246,7 @@ class FakeProvider:
         self._default = default
         self._runner: web.AppRunner | None = None
         self.openai = OpenAIRoutes(self)
+        self.not_json = False  # the next request on any path is answered 200 with HTML
 
     @property
     def ws_frames(self) -> list[dict]:
@@ -270,6 +272,7 @@ class FakeProvider:
             self.openai.websockets = True
             self.openai.ws_connections = 0
             self.openai.ws_one_response = False
+            self.not_json = False
 
     def next_reply(self, fallback):
         with self._lock:
@@ -279,8 +282,16 @@ class FakeProvider:
 
     _next = next_reply
 
+    @web.middleware
+    async def _html(self, request: web.Request, handler):
+        if not self.not_json or request.method != "POST":
+            return await handler(request)
+        self.not_json = False
+        await self.record(request)
+        return web.Response(text="<html>proxy error page</html>", content_type="text/html")
+
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._html])
         app.router.add_route("HEAD", "/{tail:.*}", self._head)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/messages", self._messages)
@@ -341,13 +352,15 @@ class FakeProvider:
                 status=reply.status, body=orjson.dumps(reply.error), headers=headers,
                 content_type="application/json",
             )  # fmt: skip
+        if reply.head_delay:
+            await asyncio.sleep(reply.head_delay)
         if reply.json_body is not None:
+            if reply.drop_after is not None:
+                return await self._cut_body(request, orjson.dumps(reply.json_body), headers)
             return web.Response(
                 body=orjson.dumps(reply.json_body), headers=headers, content_type="application/json"
             )
         model = str(data.get("model", "claude-test-4-5"))
-        if reply.head_delay:
-            await asyncio.sleep(reply.head_delay)
         if not stream and reply.body_pieces > 1:
             return await self._slow_body(request, orjson.dumps(_message(reply, model)), reply)
         if not stream:
@@ -378,6 +391,8 @@ class FakeProvider:
                 if sent == reply.drop_after:
                     request.transport.close()
                     return response
+                if sent == reply.end_after:
+                    break
                 if reply.delay and sent:
                     await asyncio.sleep(reply.delay)
                 await response.write(sse(name, data))
