@@ -86,13 +86,29 @@ def env_list(env: Mapping[str, str], name: str, default: list[str]) -> list[str]
     return items
 
 
+def sqlite_database(name: str | Path) -> dict:
+    """A Django DATABASES entry for a SQLite file (or ``":memory:"``)."""
+    entry: dict = {"ENGINE": "django.db.backends.sqlite3", "NAME": name, "OPTIONS": {"timeout": 20}}
+    if name != ":memory:":
+        # WAL lets the Celery thread write usage while the admin reads.
+        entry["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL;"
+    return entry
+
+
 def parse_database_url(name: str, url: str) -> dict:
-    """postgres://user:password@host:port/dbname?sslmode=... → Django DATABASES entry."""
+    """A database URL → Django DATABASES entry.
+
+    ``postgres://user:password@host:port/dbname?sslmode=...`` (or ``postgresql://``), and
+    SQLite as dj-database-url spells it: ``sqlite:///relative/path.db`` (from the working
+    directory), ``sqlite:////absolute/path.db``, ``sqlite://:memory:`` (or ``sqlite://``).
+    """
     parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        return _parse_sqlite_url(name, url)
     if parts.scheme not in {"postgres", "postgresql"}:
         raise ImproperlyConfigured(
-            f"{name}: only postgres:// or postgresql:// URLs are supported, got scheme "
-            f"{parts.scheme!r}"
+            f"{name}: only postgres://, postgresql:// or sqlite:// URLs are supported, got "
+            f"scheme {parts.scheme!r}"
         )
     dbname = unquote(parts.path.lstrip("/"))
     if not dbname or "/" in dbname:
@@ -118,6 +134,24 @@ def parse_database_url(name: str, url: str) -> dict:
         "CONN_MAX_AGE": 60,
         "CONN_HEALTH_CHECKS": True,
     }
+
+
+def _parse_sqlite_url(name: str, url: str) -> dict:
+    # Split by hand: urlsplit would read ":memory:" as a host with a bad port.
+    rest = url[len("sqlite:") :]
+    if rest in {"//", "//:memory:"}:
+        return sqlite_database(":memory:")
+    if not rest.startswith("///") or "?" in rest or "#" in rest:
+        raise ImproperlyConfigured(
+            f"{name}: a SQLite URL is sqlite:///relative/path.db, sqlite:////absolute/path.db "
+            "or sqlite://:memory: (no host, no query)"
+        )
+    path = unquote(rest[3:])
+    if not path or path.endswith("/"):
+        raise ImproperlyConfigured(
+            f"{name}: the SQLite URL must name a file, like sqlite:///db.sqlite3"
+        )
+    return sqlite_database(Path(path).absolute())
 
 
 def check_redis_url(name: str, url: str) -> str:

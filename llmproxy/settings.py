@@ -19,6 +19,7 @@ from llmproxy.env import (
     env_list,
     env_str,
     parse_database_url,
+    sqlite_database,
 )
 
 ENV = os.environ
@@ -83,19 +84,12 @@ TEMPLATES = [
     },
 ]
 
-# --- Database: SQLite file by default, PostgreSQL with DATABASE_URL -------------------------
+# --- Database: SQLite file by default, PostgreSQL (or another SQLite) with DATABASE_URL -----
 DATABASE_URL = env_str(ENV, "DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {"default": parse_database_url("DATABASE_URL", DATABASE_URL)}
 else:
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "llmproxy.sqlite3",
-            # WAL lets the Celery thread write usage while the admin reads.
-            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
-        }
-    }
+    DATABASES = {"default": sqlite_database(DATA_DIR / "llmproxy.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache, channel layer, Celery broker and hot counters ----------------------------

@@ -164,3 +164,44 @@ def test_redis_url_checking():
         env.check_redis_url("R", "redis://h:6379/cache")
     with pytest.raises(ImproperlyConfigured, match="R: the URL has no host"):
         env.check_redis_url("R", "redis://")
+
+
+def test_database_url_may_name_a_sqlite_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    relative = env.parse_database_url("DATABASE_URL", "sqlite:///data/gw.sqlite3")
+    assert relative["ENGINE"] == "django.db.backends.sqlite3"
+    assert relative["NAME"] == tmp_path / "data" / "gw.sqlite3"  # from the working directory
+    # the same options as the default SQLite file: WAL, and a wait for a locked database
+    assert relative["OPTIONS"] == {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}
+    absolute = env.parse_database_url("DATABASE_URL", "sqlite:////srv/llmproxy/db.sqlite3")
+    assert absolute["NAME"] == Path("/srv/llmproxy/db.sqlite3")
+    for url in ("sqlite://:memory:", "sqlite://"):
+        memory = env.parse_database_url("DATABASE_URL", url)
+        assert memory["NAME"] == ":memory:" and "init_command" not in memory["OPTIONS"]
+    assert env.parse_database_url("DATABASE_URL", "postgresql://h/db")["NAME"] == "db"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://host/db.sqlite3",
+        "sqlite:///",
+        "sqlite:///dir/",
+        "sqlite:///db.sqlite3?timeout=5",
+        "sqlite:db.sqlite3",
+        "mysql://h/db",
+        "db.sqlite3",
+    ],
+)
+def test_a_malformed_or_unknown_database_url_names_the_variable(url):
+    with pytest.raises(ImproperlyConfigured, match=r"^DATABASE_URL: "):
+        env.parse_database_url("DATABASE_URL", url)
+
+
+def test_settings_use_a_sqlite_database_url(tmp_path):
+    target = tmp_path / "elsewhere" / "gw.sqlite3"
+    result = load_settings(tmp_path, DJANGO_DEBUG="true", DATABASE_URL=f"sqlite:///{target}")
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    assert loaded["db"] == "django.db.backends.sqlite3"
+    assert loaded["db_name"] == str(target)
