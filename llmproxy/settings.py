@@ -3,6 +3,9 @@
 No environment at all gives the embedded mode: SQLite, local-memory cache, in-memory channel
 layer and Celery in eager mode. DATABASE_URL and REDIS_URL switch to the scaled mode. Every
 variable is listed in README.md; app code reads ``django.conf.settings``, never ``os.environ``.
+
+Variables the environment does not set may come from the local env file (``local.env`` in the
+data directory, which ``make run`` writes, or the file LLMPROXY_ENV_FILE names).
 """
 
 import os
@@ -12,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from llmproxy.env import (
     check_redis_url,
+    data_dir,
     dev_secret_key,
     env_bool,
     env_float,
@@ -20,11 +24,13 @@ from llmproxy.env import (
     env_str,
     parse_database_url,
     sqlite_database,
+    with_env_file,
 )
 
-ENV = os.environ
 BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(env_str(ENV, "LLMPROXY_DATA_DIR", str(BASE_DIR / "var")))
+DATA_DIR = data_dir(os.environ, BASE_DIR)
+# The environment wins over the local env file.
+ENV = with_env_file(os.environ, BASE_DIR)
 
 DEBUG = env_bool(ENV, "DJANGO_DEBUG", False)
 

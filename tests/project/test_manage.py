@@ -244,3 +244,46 @@ def test_migrations_are_complete():
     out = io.StringIO()
     call_command("makemigrations", "--check", "--dry-run", stdout=out)
     assert "No changes detected" in out.getvalue()
+
+
+def test_readme_commands_work_after_make_runs_setup_without_debug_in_the_environment(tmp_path):
+    """`make run` writes local.env into the data directory; later commands need no variables."""
+
+    def plain(*command: str, stdin: str = "") -> subprocess.CompletedProcess:
+        # only what a fresh shell in the checkout has: no DJANGO_DEBUG, no secret
+        return subprocess.run(
+            command,
+            cwd=ROOT,
+            env={"PATH": os.environ["PATH"], "LLMPROXY_DATA_DIR": str(tmp_path)},
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    # make run's steps before it starts uvicorn
+    assert plain(sys.executable, "-m", "llmproxy.localenv", "DJANGO_DEBUG=true").returncode == 0
+    boot = plain(sys.executable, "manage.py", "bootstrap", "--url", "http://127.0.0.1:8001")
+    assert boot.returncode == 0, boot.stderr
+    # then the README's commands
+    provider = plain(
+        sys.executable, "manage.py", "addprovider", "anthropic", "--kind", "anthropic",
+        "--base-url", "https://api.anthropic.com", "--api-key", "sk-ant-test",
+    )  # fmt: skip
+    assert provider.returncode == 0, provider.stderr
+    created = plain(
+        sys.executable, "manage.py", "createkey", "alice laptop", "--budget", "50",
+        "--period", "month",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.splitlines()[-1]
+    assert secret.startswith("llmp-")
+    # the key's digest matches under the settings every process started here gets
+    found = plain(
+        sys.executable, "manage.py", "shell", "-c",
+        "import sys; from accounts.services import find_key; "
+        "key = find_key(sys.stdin.readline().strip()); print(key and key.name)",
+        stdin=secret + "\n",
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.splitlines()[-1] == "alice laptop"
