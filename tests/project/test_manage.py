@@ -287,3 +287,47 @@ def test_readme_commands_work_after_make_runs_setup_without_debug_in_the_environ
     )  # fmt: skip
     assert found.returncode == 0, found.stderr
     assert found.stdout.splitlines()[-1] == "alice laptop"
+
+
+def test_createkey_refuses_another_digest_secret_until_resetkeysecret(tmp_path):
+    def manage(*args: str, **variables: str) -> subprocess.CompletedProcess:
+        environment = {
+            "PATH": os.environ["PATH"],
+            "DJANGO_DEBUG": "true",  # the gateway's secret: generated into the data directory
+            "LLMPROXY_DATA_DIR": str(tmp_path),
+            **variables,
+        }
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def one_line_error(result: subprocess.CompletedProcess) -> str:
+        assert result.returncode != 0
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        return lines[0]
+
+    assert manage("migrate", "-v0").returncode == 0
+    first = manage("createkey", "made with the gateway's secret")
+    assert first.returncode == 0, first.stderr
+    for variable in ("LLMPROXY_KEY_HMAC_SECRET", "DJANGO_SECRET_KEY"):
+        refused = one_line_error(manage("createkey", "trap", **{variable: "another-secret"}))
+        assert refused.startswith("CommandError: LLMPROXY_KEY_HMAC_SECRET (by default")
+        assert "manage.py resetkeysecret --yes" in refused
+    assert "refusing without --yes" in one_line_error(
+        manage("resetkeysecret", LLMPROXY_KEY_HMAC_SECRET="another-secret")
+    )
+    reset = manage("resetkeysecret", "--yes", LLMPROXY_KEY_HMAC_SECRET="another-secret")
+    assert reset.returncode == 0, reset.stderr
+    assert "Every key and API token made with the old secret stopped working" in reset.stdout
+    assert "(1 key(s), 0 token(s)" in reset.stdout
+    again = manage("createkey", "new", LLMPROXY_KEY_HMAC_SECRET="another-secret")
+    assert again.returncode == 0, again.stderr
+    # and now the old secret is the foreign one
+    assert "resetkeysecret" in one_line_error(manage("createkey", "old secret again"))
