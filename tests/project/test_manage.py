@@ -196,7 +196,7 @@ def test_loadprices_refreshes_from_a_file(tmp_path):
         run("loadprices", "--file", str(custom))
 
 
-def _manage(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def _manage(*args: str, tmp_path: Path, stdin: str = "") -> subprocess.CompletedProcess:
     environment = {
         "PATH": os.environ["PATH"],
         "DJANGO_DEBUG": "true",
@@ -206,6 +206,7 @@ def _manage(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
         env=environment,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
@@ -220,6 +221,10 @@ def _manage(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
         ["createkey", "x", "--owner", "nobody"],
         ["addprovider", "p", "--kind", "openai"],
         ["addprovider", "p", "--kind", "openai", "--base-url", "nope", "--api-key", "k"],
+        ["createtoken"],
+        ["createtoken", "nobody"],
+        ["createtoken", "nobody", "--name", " "],
+        ["createtoken", "nobody", "--name", "x" * 101],
     ],
 )
 def test_bad_arguments_give_one_line_and_a_non_zero_exit(tmp_path, args):
@@ -238,6 +243,40 @@ def test_createkey_in_a_fresh_process_prints_a_working_secret(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("\n")
     assert result.stdout.splitlines()[-1].startswith("llmp-")
+
+
+def test_createtoken_prints_a_working_api_token_alone_on_the_last_line(tmp_path):
+    assert _manage("migrate", "-v0", tmp_path=tmp_path).returncode == 0
+    made = _manage(
+        "shell", "-c",
+        "from django.contrib.auth.models import User; User.objects.create_user('alice'); "
+        "User.objects.create_user('gone', is_active=False)",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    result = _manage("createtoken", "alice", "--name", "ci", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("\n")
+    secret = result.stdout.splitlines()[-1]
+    assert secret.startswith("llmpt-") and " " not in secret
+    assert "Created API token 'ci' for alice" in result.stdout
+    assert _manage("createtoken", "alice", tmp_path=tmp_path).returncode == 0  # name: cli
+    # the token authenticates as alice on the management API
+    probe = _manage(
+        "shell", "-c",
+        "import sys; from django.test import Client; "
+        "token = sys.stdin.readline().strip(); "
+        "me = Client().get('/api/tokens/', headers={'authorization': 'Bearer ' + token}, "
+        "HTTP_HOST='localhost'); print(me.status_code, sorted(t['name'] for t in me.json()))",
+        tmp_path=tmp_path, stdin=secret + "\n",
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.splitlines()[-1] == "200 ['ci', 'cli']"
+    inactive = _manage("createtoken", "gone", tmp_path=tmp_path)
+    assert inactive.returncode != 0
+    assert inactive.stderr.strip().splitlines() == [
+        "CommandError: user 'gone' is inactive: the API would refuse its token"
+    ]
 
 
 def test_migrations_are_complete():
@@ -278,6 +317,9 @@ def test_readme_commands_work_after_make_runs_setup_without_debug_in_the_environ
     assert created.returncode == 0, created.stderr
     secret = created.stdout.splitlines()[-1]
     assert secret.startswith("llmp-")
+    token = plain(sys.executable, "manage.py", "createtoken", "admin", "--name", "scripts")
+    assert token.returncode == 0, token.stderr
+    assert token.stdout.splitlines()[-1].startswith("llmpt-")
     # the key's digest matches under the settings every process started here gets
     found = plain(
         sys.executable, "manage.py", "shell", "-c",
