@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -181,9 +181,14 @@ def test_bootstrap_is_idempotent_and_shows_the_password_once():
     assert get_user_model().objects.count() == 1
 
 
-def test_loadprices_refreshes_from_a_file(tmp_path):
+def test_loadprices_refreshes_every_shipped_row_from_a_file(tmp_path):
+    shipped = json.loads((ROOT / "billing" / "prices.json").read_text())["prices"]
+    # migrate added the shipped rows; an admin edited one and deleted another since
+    Price.objects.filter(model_pattern="claude-haiku-4-5*").update(input_per_mtok=42)
+    Price.objects.filter(model_pattern="gpt-5*").delete()
     output = run("loadprices")
-    assert int(re.search(r"(\d+) created", output).group(1)) > 0
+    assert f"Prices: 1 created, {len(shipped) - 1} updated" in output
+    assert str(Price.objects.get(model_pattern="claude-haiku-4-5*").input_per_mtok) == "1.000000"
     custom = tmp_path / "p.json"
     custom.write_text(
         '{"prices": [{"model_pattern": "claude-haiku-4-5*", '
