@@ -312,3 +312,27 @@ def test_localenv_writes_the_file_once_and_never_rewrites_it(tmp_path):
     elsewhere = tmp_path / "sub" / "dev.env"
     assert localenv("DJANGO_DEBUG=true", LLMPROXY_ENV_FILE=str(elsewhere)).returncode == 0
     assert env.read_env_file(elsewhere) == {"DJANGO_DEBUG": "true"}
+
+
+@pytest.mark.parametrize(
+    "variables", [{"DJANGO_DEBUG": "true"}, {"DJANGO_SECRET_KEY": "k" * 50}], ids=["debug", "prod"]
+)
+def test_a_warning_is_logged_once(tmp_path, variables):
+    """A django.request warning (a 404) reaches one handler, not Django's and the root's."""
+    result = subprocess.run(
+        [
+            sys.executable, "manage.py", "shell", "-c",
+            "from django.test import Client; "
+            "print(Client().get('/no-such-page', HTTP_HOST='localhost').status_code)",
+        ],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "LLMPROXY_DATA_DIR": str(tmp_path), **variables},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "404"
+    logged = [line for line in result.stderr.splitlines() if "Not Found: /no-such-page" in line]
+    assert len(logged) == 1, result.stderr
+    assert " WARNING django.request Not Found: /no-such-page" in logged[0]
