@@ -90,8 +90,9 @@ def _shipped_rows() -> list[tuple[str, dict]]:
 def add_shipped_prices(*, using: str = DEFAULT_DB_ALIAS, model: type[Price] = Price) -> int:
     """Insert the shipped rows (billing/prices.json) whose model pattern is not in the table
     yet; a row that is there, edited by an admin or not, is left as it is. Returns how many
-    were added. One query and one bulk insert: it runs after every ``migrate`` (and every
-    test database flush). ``model`` may be the migration state's Price."""
+    it inserted (a row another process inserted meanwhile is skipped, yet counted). One query
+    and one bulk insert: it runs after every ``migrate`` (and every test database flush).
+    ``model`` may be the migration state's Price."""
     prices = model._default_manager.using(using)
     known = set(prices.values_list("model_pattern", flat=True))
     columns = {field.name for field in model._meta.concrete_fields}
