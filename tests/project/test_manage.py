@@ -367,6 +367,10 @@ def test_createkey_refuses_another_digest_secret_until_resetkeysecret(tmp_path):
         refused = one_line_error(manage("createkey", "trap", **{variable: "another-secret"}))
         assert refused.startswith("CommandError: LLMPROXY_KEY_HMAC_SECRET (by default")
         assert "manage.py resetkeysecret --yes" in refused
+    user = "from django.contrib.auth.models import User; User.objects.create_user('ci')"
+    assert manage("shell", "-c", user).returncode == 0
+    refused = one_line_error(manage("createtoken", "ci", LLMPROXY_KEY_HMAC_SECRET="another"))
+    assert refused.startswith("CommandError: LLMPROXY_KEY_HMAC_SECRET (by default")
     assert "refusing without --yes" in one_line_error(
         manage("resetkeysecret", LLMPROXY_KEY_HMAC_SECRET="another-secret")
     )
@@ -374,6 +378,7 @@ def test_createkey_refuses_another_digest_secret_until_resetkeysecret(tmp_path):
     assert reset.returncode == 0, reset.stderr
     assert "Every key and API token made with the old secret stopped working" in reset.stdout
     assert "(1 key(s), 0 token(s)" in reset.stdout
+    assert manage("createtoken", "ci", LLMPROXY_KEY_HMAC_SECRET="another-secret").returncode == 0
     again = manage("createkey", "new", LLMPROXY_KEY_HMAC_SECRET="another-secret")
     assert again.returncode == 0, again.stderr
     # and now the old secret is the foreign one
