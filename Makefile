@@ -16,10 +16,11 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 # The embedded default: SQLite in var/, no Redis, one process. Prints the admin URL and login.
+# var/local.env (written once, DJANGO_DEBUG=true) gives every manage.py command the same setup.
 run: install
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(BIN)/python manage.py bootstrap --url http://$(HOST):$(PORT)
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(BIN)/uvicorn llmproxy.asgi:application \
-		--host $(HOST) --port $(PORT) --no-access-log
+	$(BIN)/python -m llmproxy.localenv DJANGO_DEBUG=$${DJANGO_DEBUG:-true}
+	$(BIN)/python manage.py bootstrap --url http://$(HOST):$(PORT)
+	$(BIN)/uvicorn llmproxy.asgi:application --host $(HOST) --port $(PORT) --no-access-log
 
 # The real Claude Code and Codex CLIs for the end-to-end tests (skipped locally without npm).
 clients:

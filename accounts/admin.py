@@ -44,6 +44,12 @@ class KeyStateFilter(admin.SimpleListFilter):
         return queryset
 
 
+def _refuse_a_foreign_key_secret() -> None:
+    """A new key or token must be one the gateway accepts (services check it again)."""
+    if not services.key_secret_matches():
+        raise forms.ValidationError(str(services.KeySecretMismatch()))
+
+
 class ApiKeyForm(forms.ModelForm):
     allowed_models = CommaListField(
         required=False, help_text=ApiKey._meta.get_field("allowed_models").help_text
@@ -60,6 +66,11 @@ class ApiKeyForm(forms.ModelForm):
         assume_scheme="https",
         help_text=ApiKey._meta.get_field("alert_webhook_url").help_text,
     )
+
+    def clean(self):
+        if self.instance.pk is None:
+            _refuse_a_foreign_key_secret()
+        return super().clean()
 
     class Meta:
         model = ApiKey
@@ -185,9 +196,20 @@ class ApiKeyAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
 
 
+class ApiTokenForm(forms.ModelForm):
+    def clean(self):
+        _refuse_a_foreign_key_secret()
+        return super().clean()
+
+    class Meta:
+        model = ApiToken
+        fields = ["user", "name"]
+
+
 class ApiTokenAdmin(admin.ModelAdmin):
     """Management API tokens: the secret is shown once, on the page after creation."""
 
+    form = ApiTokenForm
     list_display = ["name", "user", "prefix_shown", "created_at", "last_used_at"]
     search_fields = ["name", "user__username", "prefix"]
     list_select_related = ["user"]

@@ -18,6 +18,7 @@ TOKEN_MARKER = "llmpt-"  # management API tokens: never valid on the proxy
 PREFIX_LENGTH = 12
 _SECRET_BYTES = 32
 _MAX_KEY_LENGTH = 200
+_FINGERPRINT_LABEL = b"llmproxy key fingerprint"
 
 
 def generate_secret(marker: str = KEY_MARKER) -> str:
@@ -31,6 +32,13 @@ def key_prefix(secret: str) -> str:
 def key_digest(secret: str) -> str:
     return hmac.new(
         settings.LLMPROXY_KEY_HMAC_SECRET.encode(), secret.encode(), hashlib.sha256
+    ).hexdigest()
+
+
+def secret_fingerprint() -> str:
+    """Tells digest secrets apart without revealing them: HMAC(secret, a fixed label)."""
+    return hmac.new(
+        settings.LLMPROXY_KEY_HMAC_SECRET.encode(), _FINGERPRINT_LABEL, hashlib.sha256
     ).hexdigest()
 
 

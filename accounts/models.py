@@ -158,3 +158,22 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class KeySecretFingerprint(models.Model):
+    """Which digest secret the keys and API tokens are made with: one row holding
+    HMAC(secret, "llmproxy key fingerprint"), never the secret itself.
+
+    Recorded when the first key or token is made; a process whose LLMPROXY_KEY_HMAC_SECRET
+    gives another fingerprint is refused to make keys the gateway would never accept.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1, editable=False)
+    fingerprint = models.CharField(max_length=64)
+    recorded_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "key secret fingerprint"
+
+    def __str__(self) -> str:
+        return f"key secret fingerprint {self.fingerprint[:12]}…"

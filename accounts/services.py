@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from datetime import datetime
 from decimal import Decimal
 
@@ -10,7 +11,59 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts import keys
-from accounts.models import ApiKey, ApiToken, BudgetPeriod, ReserveMode, Team
+from accounts.models import (
+    ApiKey,
+    ApiToken,
+    BudgetPeriod,
+    KeySecretFingerprint,
+    ReserveMode,
+    Team,
+)
+
+
+class KeySecretMismatch(Exception):
+    """The digest secret is not the one the existing keys and API tokens were made with."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "LLMPROXY_KEY_HMAC_SECRET (by default DJANGO_SECRET_KEY) is not the secret the "
+            "existing keys and API tokens were made with, so the gateway would never accept a "
+            "key or token made here: run this with the gateway's secret, or, if the secret was "
+            "changed on purpose, run `manage.py resetkeysecret --yes` to record the new one "
+            "(every key and token made with the old secret stops working)"
+        )
+
+
+def key_secret_matches() -> bool:
+    """Whether this process's digest secret is the recorded one (or none is recorded yet)."""
+    recorded = KeySecretFingerprint.objects.filter(pk=1).values_list("fingerprint", flat=True)
+    stored = recorded.first()
+    return stored is None or hmac.compare_digest(stored, keys.secret_fingerprint())
+
+
+def check_key_secret() -> None:
+    """Refuse to make a secret the gateway would not accept; the first call records the
+    current digest secret's fingerprint, every later one compares against it."""
+    current = keys.secret_fingerprint()
+    row, _ = KeySecretFingerprint.objects.get_or_create(pk=1, defaults={"fingerprint": current})
+    if not hmac.compare_digest(row.fingerprint, current):
+        raise KeySecretMismatch
+
+
+@transaction.atomic
+def reset_key_secret() -> str:
+    """Record the current digest secret as the one keys are made with (after a deliberate
+    change). Returns what was recorded before: "none", "same" or "other"."""
+    current = keys.secret_fingerprint()
+    row = KeySecretFingerprint.objects.select_for_update().filter(pk=1).first()
+    if row is None:
+        KeySecretFingerprint.objects.create(pk=1, fingerprint=current)
+        return "none"
+    if hmac.compare_digest(row.fingerprint, current):
+        return "same"
+    row.fingerprint = current
+    row.save(update_fields=["fingerprint", "recorded_at"])
+    return "other"
 
 
 class NotAllowed(Exception):
@@ -64,6 +117,7 @@ def create_key(
     metadata: dict | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its secret: the only time the secret exists."""
+    check_key_secret()
     secret = keys.generate_secret()
     key = ApiKey.objects.create(
         name=name,
@@ -91,6 +145,7 @@ def create_key(
 
 def assign_new_secret(key: ApiKey) -> str:
     """Give an unsaved or existing key a fresh secret; the caller saves it."""
+    check_key_secret()
     secret = keys.generate_secret()
     key.prefix = keys.key_prefix(secret)
     key.digest = keys.key_digest(secret)
@@ -131,8 +186,10 @@ def find_key(secret: str) -> ApiKey | None:
     return key
 
 
+@transaction.atomic
 def create_api_token(*, user, name: str) -> tuple[ApiToken, str]:
     """A management API token for ``user``; the secret exists only in the return value."""
+    check_key_secret()
     secret = keys.generate_secret(keys.TOKEN_MARKER)
     token = ApiToken.objects.create(
         user=user, name=name, prefix=keys.key_prefix(secret), digest=keys.key_digest(secret)

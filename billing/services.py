@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import sys
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from django.db import transaction
+from django.apps import apps as global_apps
+from django.db import DEFAULT_DB_ALIAS, router, transaction
 from django.db.models import Q
 
 from accounts.models import ApiKey
@@ -58,9 +62,8 @@ def _price_fields(row: dict, index: int) -> dict:
     return fields
 
 
-@transaction.atomic
-def load_prices(path: Path = PRICES_FILE) -> tuple[int, int]:
-    """Upsert every row of the price file by model pattern; returns (created, updated)."""
+def _read_price_file(path: Path) -> list[tuple[str, dict]]:
+    """(model pattern, fields) for every row of a price file."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -68,17 +71,67 @@ def load_prices(path: Path = PRICES_FILE) -> tuple[int, int]:
     rows = data.get("prices") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         raise PriceFileError(f"{path}: expected an object with a 'prices' list")
+    return [(row.get("model_pattern"), _price_fields(row, index)) for index, row in enumerate(rows)]
+
+
+@transaction.atomic
+def load_prices(path: Path = PRICES_FILE) -> tuple[int, int]:
+    """Upsert every row of the price file by model pattern; returns (created, updated)."""
     created = updated = 0
-    for index, row in enumerate(rows):
-        fields = _price_fields(row, index)
+    for pattern, fields in _read_price_file(path):
+        fields = dict(fields)
         _, was_created = Price.objects.update_or_create(
-            model_pattern=row.get("model_pattern"),
-            provider_kind=fields.pop("provider_kind"),
-            defaults=fields,
+            model_pattern=pattern, provider_kind=fields.pop("provider_kind"), defaults=fields
         )
         created += was_created
         updated += not was_created
     return created, updated
+
+
+@functools.cache
+def _shipped_rows() -> list[tuple[str, dict]]:
+    return _read_price_file(PRICES_FILE)
+
+
+def add_shipped_prices(*, using: str = DEFAULT_DB_ALIAS, model: type[Price] = Price) -> int:
+    """Insert the shipped rows (billing/prices.json) whose provider kind and model pattern are
+    not in the table yet; a row that is there, edited by an admin or not, is left as it is. Returns how many
+    it inserted (a row another process inserted meanwhile is skipped, yet counted). One query
+    and one bulk insert: it runs after every ``migrate`` (and every test database flush).
+    ``model`` may be the migration state's Price."""
+    prices = model._default_manager.using(using)
+    known = set(prices.values_list("provider_kind", "model_pattern"))
+    columns = {field.name for field in model._meta.concrete_fields}
+    fresh = [
+        model(
+            model_pattern=pattern,
+            **{k: v for k, v in copy.deepcopy(fields).items() if k in columns},
+        )
+        for pattern, fields in _shipped_rows()
+        if (fields["provider_kind"], pattern) not in known
+    ]
+    prices.bulk_create(fresh, ignore_conflicts=True)
+    return len(fresh)
+
+
+def add_shipped_prices_after_migrate(
+    sender, *, using, apps=global_apps, verbosity=1, stdout=None, **_
+):
+    """post_migrate receiver (billing's AppConfig.ready): a migrated database has prices.
+
+    ``migrate`` sends the migration state as ``apps``; ``flush`` sends none.
+    """
+    try:
+        model = apps.get_model("billing", "Price")
+    except LookupError:  # billing migrated back to zero: no price table
+        return
+    if not router.allow_migrate_model(using, model):
+        return
+    added = add_shipped_prices(using=using, model=model)
+    if added and verbosity >= 1:
+        (stdout or sys.stdout).write(
+            f"Prices: {added} shipped rows added from {PRICES_FILE.name}\n"
+        )
 
 
 def record_usage_batch(records: list[UsageRecord]) -> int:

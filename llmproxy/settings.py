@@ -3,6 +3,9 @@
 No environment at all gives the embedded mode: SQLite, local-memory cache and Celery in eager
 mode. DATABASE_URL and REDIS_URL switch to the scaled mode. Every
 variable is listed in README.md; app code reads ``django.conf.settings``, never ``os.environ``.
+
+Variables the environment does not set may come from the local env file (``local.env`` in the
+data directory, which ``make run`` writes, or the file LLMPROXY_ENV_FILE names).
 """
 
 import os
@@ -12,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from llmproxy.env import (
     check_redis_url,
+    data_dir,
     dev_secret_key,
     env_bool,
     env_float,
@@ -19,11 +23,14 @@ from llmproxy.env import (
     env_list,
     env_str,
     parse_database_url,
+    sqlite_database,
+    with_env_file,
 )
 
-ENV = os.environ
 BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(env_str(ENV, "LLMPROXY_DATA_DIR", str(BASE_DIR / "var")))
+DATA_DIR = data_dir(os.environ, BASE_DIR)
+# The environment wins over the local env file.
+ENV = with_env_file(os.environ, BASE_DIR)
 
 DEBUG = env_bool(ENV, "DJANGO_DEBUG", False)
 
@@ -83,19 +90,12 @@ TEMPLATES = [
     },
 ]
 
-# --- Database: SQLite file by default, PostgreSQL with DATABASE_URL -------------------------
+# --- Database: SQLite file by default, PostgreSQL (or another SQLite) with DATABASE_URL -----
 DATABASE_URL = env_str(ENV, "DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {"default": parse_database_url("DATABASE_URL", DATABASE_URL)}
 else:
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "llmproxy.sqlite3",
-            # WAL lets the Celery thread write usage while the admin reads.
-            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
-        }
-    }
+    DATABASES = {"default": sqlite_database(DATA_DIR / "llmproxy.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: limit and budget counters, policy generation, Celery broker, Django's cache ---
@@ -220,5 +220,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "loggers": {
+        # Django's own "django" handlers (a console one in DEBUG, mail_admins) are replaced
+        # by none: its records reach the root handler only, so each is printed once.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
 }

@@ -1,4 +1,5 @@
-"""Test settings: the real settings, with a test secret and a scratch data directory.
+"""Test settings: the real settings, with a test secret, a scratch data directory and no local
+env file.
 
 DATABASE_URL and REDIS_URL pass through, so the same suite runs embedded (neither set) or
 scaled (CI sets both).
@@ -10,6 +11,9 @@ import shutil
 import tempfile
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
+# A developer's var/local.env (written by `make run`) must not change what the tests see; the
+# processes the tests start inherit this too.
+os.environ["LLMPROXY_ENV_FILE"] = ""
 if "LLMPROXY_DATA_DIR" not in os.environ:
     os.environ["LLMPROXY_DATA_DIR"] = tempfile.mkdtemp(prefix="llmproxy-test-")
     atexit.register(shutil.rmtree, os.environ["LLMPROXY_DATA_DIR"], ignore_errors=True)

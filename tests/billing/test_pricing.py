@@ -14,6 +14,12 @@ from billing.usage import Usage
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def own_price_table():
+    """These tests build their own price tables: start without the shipped rows migrate adds."""
+    Price.objects.all().delete()
+
+
 def price(pattern: str, **fields) -> Price:
     defaults = {"input_per_mtok": Decimal(3), "output_per_mtok": Decimal(15)}
     return Price.objects.create(model_pattern=pattern, **{**defaults, **fields})

@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from accounts import services as key_services
-from accounts.models import ApiKey, Team
+from accounts.models import ApiKey, ApiToken, Team
 from billing.models import UsageEvent
 
 pytestmark = pytest.mark.django_db
@@ -258,3 +259,19 @@ def test_the_schema_and_docs_are_served(cast):
     docs = APIClient().get("/api/docs/")
     assert docs.status_code == 200 and b"swagger-ui" in docs.content
     assert b"cdn." not in docs.content  # vendored: works with no internet
+
+
+def test_keys_and_tokens_are_not_made_with_another_digest_secret(cast, settings):
+    """A secret the existing keys were not made with would mint keys no gateway accepts."""
+    staff = APIClient()
+    staff.force_login(get_user_model().objects.get(username="root"))
+    settings.LLMPROXY_KEY_HMAC_SECRET = "a-secret-the-gateway-does-not-have"
+    for response in (
+        staff.post("/api/keys/", {"name": "trap"}, format="json"),
+        staff.post(f"/api/keys/{cast['key_b'].pk}/rotate/"),
+        staff.post("/api/tokens/", {"name": "trap"}, format="json"),
+    ):
+        assert response.status_code == 409, response.content
+        assert "resetkeysecret" in response.json()["detail"]
+    assert not ApiKey.objects.filter(name="trap").exists()
+    assert not ApiToken.objects.filter(name="trap").exists()

@@ -20,6 +20,8 @@ CODEX_MODEL = "gpt-5.5"
 def codex_price(openai_provider):
     from billing.models import Price
 
+    # the test's own rates, not the shipped row migrate added for this pattern
+    Price.objects.filter(model_pattern="gpt-5.5*").delete()
     Price.objects.create(
         model_pattern="gpt-5.5*", provider_kind="openai", input_per_mtok=Decimal(5),
         output_per_mtok=Decimal(30), cache_read_per_mtok=Decimal("0.5"),

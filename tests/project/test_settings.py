@@ -161,3 +161,175 @@ def test_redis_url_checking():
         env.check_redis_url("R", "redis://h:6379/cache")
     with pytest.raises(ImproperlyConfigured, match="R: the URL has no host"):
         env.check_redis_url("R", "redis://")
+
+
+def test_database_url_may_name_a_sqlite_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    relative = env.parse_database_url("DATABASE_URL", "sqlite:///data/gw.sqlite3")
+    assert relative["ENGINE"] == "django.db.backends.sqlite3"
+    assert relative["NAME"] == tmp_path / "data" / "gw.sqlite3"  # from the working directory
+    # the same options as the default SQLite file: WAL, and a wait for a locked database
+    assert relative["OPTIONS"] == {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}
+    absolute = env.parse_database_url("DATABASE_URL", "sqlite:////srv/llmproxy/db.sqlite3")
+    assert absolute["NAME"] == Path("/srv/llmproxy/db.sqlite3")
+    for url in ("sqlite://:memory:", "sqlite://"):
+        memory = env.parse_database_url("DATABASE_URL", url)
+        assert memory["NAME"] == ":memory:" and "init_command" not in memory["OPTIONS"]
+    assert env.parse_database_url("DATABASE_URL", "postgresql://h/db")["NAME"] == "db"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://host/db.sqlite3",
+        "sqlite:///",
+        "sqlite:///dir/",
+        "sqlite:///db.sqlite3?timeout=5",
+        "sqlite:db.sqlite3",
+        "mysql://h/db",
+        "db.sqlite3",
+    ],
+)
+def test_a_malformed_or_unknown_database_url_names_the_variable(url):
+    with pytest.raises(ImproperlyConfigured, match=r"^DATABASE_URL: "):
+        env.parse_database_url("DATABASE_URL", url)
+
+
+def test_settings_use_a_sqlite_database_url(tmp_path):
+    target = tmp_path / "elsewhere" / "gw.sqlite3"
+    result = load_settings(tmp_path, DJANGO_DEBUG="true", DATABASE_URL=f"sqlite:///{target}")
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout)
+    assert loaded["db"] == "django.db.backends.sqlite3"
+    assert loaded["db_name"] == str(target)
+
+
+# --- the local env file ---------------------------------------------------------------------
+
+
+def test_the_local_env_file_fills_in_what_the_environment_does_not_set(tmp_path):
+    (tmp_path / "local.env").write_text(
+        "# written by make run\n\nDJANGO_DEBUG=true\n  DJANGO_LOG_LEVEL = WARNING  \n"
+        "DJANGO_ALLOWED_HOSTS=from-file\nDJANGO_SECRET_KEY=from-file\n"
+    )
+    environment = {"LLMPROXY_DATA_DIR": str(tmp_path), "DJANGO_ALLOWED_HOSTS": "from-env"}
+    environment["DJANGO_SECRET_KEY_FILE"] = str(tmp_path / "secret")
+    merged = env.with_env_file(environment, ROOT)
+    assert merged["DJANGO_DEBUG"] == "true"
+    assert merged["DJANGO_LOG_LEVEL"] == "WARNING"
+    assert merged["DJANGO_ALLOWED_HOSTS"] == "from-env"  # the environment wins
+    assert "DJANGO_SECRET_KEY" not in merged  # so does a secret's NAME_FILE
+    # the default place is local.env in the data directory, read only if it exists
+    assert env.with_env_file({"LLMPROXY_DATA_DIR": str(tmp_path / "none")}, ROOT) == {
+        "LLMPROXY_DATA_DIR": str(tmp_path / "none")
+    }
+
+
+def test_llmproxy_env_file_points_elsewhere_or_disables_the_file(tmp_path):
+    (tmp_path / "local.env").write_text("DJANGO_DEBUG=true\n")
+    other = tmp_path / "other.env"
+    other.write_text("DJANGO_LOG_LEVEL=ERROR\n")
+    data = {"LLMPROXY_DATA_DIR": str(tmp_path)}
+    merged = env.with_env_file({**data, "LLMPROXY_ENV_FILE": str(other)}, ROOT)
+    assert merged["DJANGO_LOG_LEVEL"] == "ERROR" and "DJANGO_DEBUG" not in merged
+    assert "DJANGO_DEBUG" not in env.with_env_file({**data, "LLMPROXY_ENV_FILE": ""}, ROOT)
+    with pytest.raises(ImproperlyConfigured, match="LLMPROXY_ENV_FILE: cannot read"):
+        env.with_env_file({"LLMPROXY_ENV_FILE": str(tmp_path / "missing.env")}, ROOT)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("DJANGO_DEBUG=true\nexport X=1\n", "line 2: expected NAME=value"),
+        ("# note\nDJANGO_SECRET_KEY hunter2\n", "line 2: expected NAME=value"),
+        ("=value\n", "line 1: expected NAME=value"),
+        ("A=1\nA=2\n", "line 2: A is already set on line 1"),
+        ("LLMPROXY_DATA_DIR=/tmp\n", "line 1: LLMPROXY_DATA_DIR must be set in the environment"),
+    ],
+)
+def test_a_malformed_env_file_line_names_the_file_and_line(tmp_path, text, message):
+    path = tmp_path / "local.env"
+    path.write_text(text)
+    with pytest.raises(ImproperlyConfigured) as raised:
+        env.with_env_file({"LLMPROXY_DATA_DIR": str(tmp_path)}, ROOT)
+    assert str(raised.value) == f"env file {path}, {message}"
+    assert "hunter2" not in str(raised.value)  # a bad line is not echoed: it may hold a secret
+
+
+def test_settings_read_the_local_env_file_and_the_environment_wins(tmp_path):
+    (tmp_path / "local.env").write_text("DJANGO_DEBUG=true\nDJANGO_ALLOWED_HOSTS=a.example\n")
+    loaded = load_settings(tmp_path)
+    assert loaded.returncode == 0, loaded.stderr
+    assert json.loads(loaded.stdout)["debug"] is True
+    assert json.loads(loaded.stdout)["hosts"] == ["a.example"]
+    refused = load_settings(tmp_path, DJANGO_DEBUG="false")
+    assert refused.returncode != 0 and "DJANGO_SECRET_KEY: required" in refused.stderr
+    disabled = load_settings(tmp_path, LLMPROXY_ENV_FILE="")
+    assert disabled.returncode != 0 and "DJANGO_SECRET_KEY: required" in disabled.stderr
+
+
+def test_manage_py_reports_a_malformed_env_file_in_one_line(tmp_path):
+    (tmp_path / "local.env").write_text("DJANGO_DEBUG=true\nnot a setting\n")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "LLMPROXY_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"configuration error: env file {tmp_path / 'local.env'}, line 2: expected NAME=value"
+    ]
+
+
+def test_localenv_writes_the_file_once_and_never_rewrites_it(tmp_path):
+    def localenv(*args: str, **variables: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "llmproxy.localenv", *args],
+            cwd=ROOT,
+            env={"PATH": os.environ["PATH"], "LLMPROXY_DATA_DIR": str(tmp_path), **variables},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    first = localenv("DJANGO_DEBUG=true")
+    path = tmp_path / "local.env"
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == f"Local settings: wrote {path} (DJANGO_DEBUG=true)\n"
+    assert env.read_env_file(path) == {"DJANGO_DEBUG": "true"}
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.write_text("DJANGO_DEBUG=true\nDJANGO_LOG_LEVEL=WARNING\n")  # the developer's edit
+    second = localenv("DJANGO_DEBUG=false")
+    assert second.returncode == 0 and second.stdout == ""
+    assert env.read_env_file(path) == {"DJANGO_DEBUG": "true", "DJANGO_LOG_LEVEL": "WARNING"}
+    assert localenv("DJANGO_DEBUG=true", LLMPROXY_ENV_FILE="").returncode == 0
+    elsewhere = tmp_path / "sub" / "dev.env"
+    assert localenv("DJANGO_DEBUG=true", LLMPROXY_ENV_FILE=str(elsewhere)).returncode == 0
+    assert env.read_env_file(elsewhere) == {"DJANGO_DEBUG": "true"}
+
+
+@pytest.mark.parametrize(
+    "variables", [{"DJANGO_DEBUG": "true"}, {"DJANGO_SECRET_KEY": "k" * 50}], ids=["debug", "prod"]
+)
+def test_a_warning_is_logged_once(tmp_path, variables):
+    """A django.request warning (a 404) reaches one handler, not Django's and the root's."""
+    result = subprocess.run(
+        [
+            sys.executable, "manage.py", "shell", "-c",
+            "from django.test import Client; "
+            "print(Client().get('/no-such-page', HTTP_HOST='localhost').status_code)",
+        ],
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "LLMPROXY_DATA_DIR": str(tmp_path), **variables},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "404"
+    logged = [line for line in result.stderr.splitlines() if "Not Found: /no-such-page" in line]
+    assert len(logged) == 1, result.stderr
+    assert " WARNING django.request Not Found: /no-such-page" in logged[0]

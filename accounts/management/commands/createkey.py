@@ -37,21 +37,24 @@ class Command(OpsCommand):
         expires_at = timestamp("--expires", options["expires"])
         if expires_at is not None and expires_at <= timezone.now():
             raise CommandError(f"--expires is in the past: {options['expires']}")
-        key, secret = services.create_key(
-            name=name,
-            owner=self._owner(options["owner"]),
-            team=self._team(options["team"]),
-            allowed_models=options["models"],
-            allowed_endpoints=options["endpoints"],
-            allowed_tools=options["tools"],
-            budget_usd=money("--budget", options["budget"]),
-            budget_period=options["period"],
-            reserve_mode=options["reserve"],
-            rpm=positive_int("--rpm", options["rpm"]),
-            tpm=positive_int("--tpm", options["tpm"]),
-            max_concurrent=positive_int("--max-concurrent", options["max_concurrent"]),
-            expires_at=expires_at,
-        )
+        try:
+            key, secret = services.create_key(
+                name=name,
+                owner=self._owner(options["owner"]),
+                team=self._team(options["team"]),
+                allowed_models=options["models"],
+                allowed_endpoints=options["endpoints"],
+                allowed_tools=options["tools"],
+                budget_usd=money("--budget", options["budget"]),
+                budget_period=options["period"],
+                reserve_mode=options["reserve"],
+                rpm=positive_int("--rpm", options["rpm"]),
+                tpm=positive_int("--tpm", options["tpm"]),
+                max_concurrent=positive_int("--max-concurrent", options["max_concurrent"]),
+                expires_at=expires_at,
+            )
+        except services.KeySecretMismatch as exc:
+            raise CommandError(str(exc)) from None
         self.stdout.write(f"Created key {key.name!r} (id {key.pk}, prefix {key.prefix})")
         self.stdout.write("The secret below is shown once; llmproxy keeps only its digest.")
         self.stdout.write(secret)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -15,7 +16,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, pagination, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -29,6 +30,22 @@ from llmproxy.console.api import serializers as s
 from llmproxy.console.api.auth import VirtualKeyAuthentication
 from llmproxy.console.api.permissions import HasVirtualKey, IsStaff, StaffWritesOthersRead
 from llmproxy.gateway.models import ModelRoute, Provider
+
+
+class KeySecretConflict(APIException):
+    """This process's digest secret is not the one the existing keys were made with."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "key_secret_mismatch"
+
+
+@contextmanager
+def _key_secret_conflict_is_409():
+    """Around a service that makes a key or token secret (accounts checks the secret)."""
+    try:
+        yield
+    except key_services.KeySecretMismatch as exc:
+        raise KeySecretConflict(str(exc)) from None
 
 
 class Pages(pagination.PageNumberPagination):
@@ -70,7 +87,8 @@ class ApiKeyViewSet(
             raise PermissionDenied("Only staff create keys.")
         serializer = s.ApiKeySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        key, secret = key_services.create_key(**serializer.validated_data)
+        with _key_secret_conflict_is_409():
+            key, secret = key_services.create_key(**serializer.validated_data)
         body = s.ApiKeySerializer(key).data | {"key": secret}
         return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
 
@@ -88,7 +106,8 @@ class ApiKeyViewSet(
     @action(detail=True, methods=["post"])
     def rotate(self, request, pk=None):
         key = self.get_object()
-        secret = key_services.rotate_key(key=key)
+        with _key_secret_conflict_is_409():
+            secret = key_services.rotate_key(key=key)
         return Response(
             {"id": key.pk, "prefix": key.prefix, "key": secret},
             headers={"Cache-Control": "no-store"},
@@ -170,9 +189,10 @@ class TokenViewSet(
     def create(self, request, *args, **kwargs):
         serializer = s.TokenSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        token, secret = key_services.create_api_token(
-            user=request.user, name=serializer.validated_data["name"]
-        )
+        with _key_secret_conflict_is_409():
+            token, secret = key_services.create_api_token(
+                user=request.user, name=serializer.validated_data["name"]
+            )
         body = s.TokenSerializer(token).data | {"token": secret}
         return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
 
