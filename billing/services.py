@@ -95,9 +95,10 @@ def _shipped_rows() -> list[tuple[str, dict]]:
 
 def add_shipped_prices(*, using: str = DEFAULT_DB_ALIAS, model: type[Price] = Price) -> int:
     """Insert the shipped rows (billing/prices.json) whose provider kind and model pattern are
-    not in the table yet; a row that is there, edited by an admin or not, is left as it is. Returns how many
-    it inserted (a row another process inserted meanwhile is skipped, yet counted). One query
-    and one bulk insert: it runs after every ``migrate`` (and every test database flush).
+    not in the table yet; a row that is there, edited by an admin or not, is left as it is.
+    Returns how many it inserted (a row another process inserted meanwhile is skipped, yet
+    counted). One query and one bulk insert: it runs after every ``migrate`` (and every test
+    database flush).
     ``model`` may be the migration state's Price."""
     prices = model._default_manager.using(using)
     known = set(prices.values_list("provider_kind", "model_pattern"))
