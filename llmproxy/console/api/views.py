@@ -87,7 +87,7 @@ class ApiKeyViewSet(
     def get_serializer_class(self):
         return s.NewKeySerializer if self.action == "create" else s.ApiKeySerializer
 
-    @extend_schema(responses={201: s.NewKeySerializer})
+    @extend_schema(request=s.ApiKeySerializer, responses={201: s.NewKeySerializer})
     def create(self, request, *args, **kwargs):
         if not request.user.is_staff:
             raise PermissionDenied("Only staff create keys.")
@@ -106,6 +106,7 @@ class ApiKeyViewSet(
     @action(detail=True, methods=["post"])
     def rotate(self, request, pk=None):
         key = self.get_object()
+        s.NoInputSerializer(data=request.data).is_valid(raise_exception=True)
         secret = key_services.rotate_key(key=key)
         return Response(
             {"id": key.pk, "prefix": key.prefix, "key": secret},
