@@ -21,7 +21,7 @@ def _bearer(request) -> str | None:
 VIRTUAL_KEY_REFUSED = (
     "This is a virtual key (llmp-…): it works on the proxy paths and for GET /api/me only. "
     "The management API wants a management API token (Authorization: Bearer llmpt-…), made "
-    "in the admin (Accounts → API tokens) or with POST /api/tokens/."
+    "in the admin (Accounts and keys → API tokens) or with POST /api/tokens/."
 )
 
 
