@@ -11,8 +11,10 @@ from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils.safestring import mark_safe
+from django.views.decorators.http import require_safe
 
 from accounts.models import ApiKey
 from billing.models import UsageEvent
@@ -126,3 +128,11 @@ def key_detail(request, key_id: int):
         "base_url": base,
     }
     return render(request, "dashboard/key.html", context)
+
+
+@require_safe
+def favicon(request):
+    """Browsers ask every page's host for /favicon.ico; answer "nothing" instead of a 404."""
+    response = HttpResponse(status=204)
+    response["Cache-Control"] = "public, max-age=86400"
+    return response

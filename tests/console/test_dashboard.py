@@ -144,3 +144,11 @@ def test_spend_by_key_names_each_key(admin_client):
     assert f"{first.pk}: $" not in page  # never only the id
     top_keys = page[page.index("Top keys") : page.index("Top models")]
     assert f"{first.prefix}…" in top_keys and f"{second.prefix}…" in top_keys
+
+
+def test_the_favicon_is_answered_without_a_404(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 204 and response.content == b""
+    assert "max-age" in response["Cache-Control"]
+    assert client.head("/favicon.ico").status_code == 204
+    assert client.post("/favicon.ico").status_code == 405
