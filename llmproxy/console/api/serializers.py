@@ -222,6 +222,10 @@ class UsageEventSerializer(StrictModelSerializer):
 
 class SpendRowSerializer(StrictSerializer):
     group = serializers.CharField(allow_null=True)
+    name = serializers.CharField(
+        allow_null=True, help_text="by=key: the key's name; by=team: the team's; else null"
+    )
+    prefix = serializers.CharField(allow_null=True, help_text="by=key: the key's prefix")
     requests = serializers.IntegerField()
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()

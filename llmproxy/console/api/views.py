@@ -368,10 +368,27 @@ class SpendView(APIView):
             )
             .order_by("group")
         )
+        rows = list(rows)
+        names = _group_names(by, {row["group"] for row in rows} - {None})
         data = [
-            {**row, "group": None if row["group"] is None else str(row["group"])} for row in rows
+            {
+                **row,
+                "group": None if row["group"] is None else str(row["group"]),
+                "name": names.get(row["group"], (None, None))[0],
+                "prefix": names.get(row["group"], (None, None))[1],
+            }
+            for row in rows
         ]
         return Response(s.SpendRowSerializer(data, many=True).data)
+
+
+def _group_names(by: str, ids: set) -> dict:
+    """For rows grouped by key or team: each id's (name, key prefix)."""
+    if by == "key":
+        return {k.pk: (k.name, k.prefix) for k in ApiKey.objects.filter(pk__in=ids)}
+    if by == "team":
+        return {t.pk: (t.name, None) for t in Team.objects.filter(pk__in=ids)}
+    return {}
 
 
 def _field(name: str):
