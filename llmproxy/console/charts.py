@@ -14,7 +14,7 @@ PALETTE = [
 def money_decimals(top: Decimal, ticks: int = 2, least: int = 2, most: int = 8) -> int:
     """Decimals for the money axis up to ``top``: enough for two significant digits of the
     top, and for the labels ``top * i / ticks`` to differ from each other (a bar worth
-    $0.0013 gets "$0.0013" and "$0.0007", not "$0.00" twice)."""
+    $0.0013 gets "$0.0013" and "$0.0006", not "$0.00" twice)."""
     if top <= 0:
         return least
     decimals = max(least, min(most, 1 - top.adjusted()))
