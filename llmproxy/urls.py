@@ -12,6 +12,7 @@ admin.site.index_title = "Gateway administration"
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("healthz", healthz, name="healthz"),
+    path("favicon.ico", dashboard.favicon, name="favicon"),
     path("admin/", admin.site.urls),
     path("api/", include("llmproxy.console.api.urls")),
     path("dashboard/", dashboard.overview, name="dashboard"),

@@ -11,24 +11,55 @@ PALETTE = [
 ]  # fmt: skip
 
 
+def money_decimals(top: Decimal, ticks: int = 2, least: int = 2, most: int = 8) -> int:
+    """Decimals for the money axis up to ``top``: enough for two significant digits of the
+    top, and for the labels ``top * i / ticks`` to differ from each other (a bar worth
+    $0.0013 gets "$0.0013" and "$0.0006", not "$0.00" twice)."""
+    if top <= 0:
+        return least
+    decimals = max(least, min(most, 1 - top.adjusted()))
+    while decimals < most:
+        labels = {money(top * step / ticks, decimals) for step in range(ticks + 1)}
+        if len(labels) == ticks + 1:
+            break
+        decimals += 1
+    return decimals
+
+
+def money(value: Decimal, decimals: int) -> str:
+    return f"${value:.{decimals}f}"
+
+
+def day_labels(count: int, most: int = 8) -> list[int]:
+    """Indexes of the days that get a label: evenly spaced, counted back from the last day,
+    so the newest day is always labelled."""
+    step = max(1, -(-count // most))
+    return list(range(count - 1, -1, -step))[::-1]
+
+
 def stacked_bars(
     days: list[str], series: dict[str, dict[str, Decimal]], width: int = 760, height: int = 240
 ) -> str:
-    """One bar per day, stacked by series (model or team); the tooltip shows each part."""
+    """One bar per day, stacked by series (model, team or key); the tooltip shows each part."""
     if not days:
         return '<p class="empty">No usage in this period.</p>'
     totals = [
         sum((series[name].get(day, Decimal(0)) for name in series), Decimal(0)) for day in days
     ]
     top = max(totals) or Decimal(1)
-    left, bottom, gap = 56, 24, 2
+    decimals = money_decimals(top)
+    top_label, middle_label = money(top, decimals), money(top / 2, decimals)
+    bottom, gap = 24, 2
+    left = max(56, 7 * len(top_label) + 6)  # room for the widest label at 11px
     bar = max(2, (width - left) // len(days) - gap)
     parts = [
         f'<svg class="chart" role="img" viewBox="0 0 {width} {height + bottom}" '
         f'width="100%" aria-label="spend per day">',
-        f'<text x="0" y="12" class="axis">${top:.2f}</text>',
-        f'<text x="0" y="{height}" class="axis">$0</text>',
+        f'<text x="0" y="12" class="axis y">{top_label}</text>',
+        f'<text x="0" y="{height // 2 + 4}" class="axis y">{middle_label}</text>',
+        f'<text x="0" y="{height}" class="axis y">$0</text>',
     ]
+    labelled = set(day_labels(len(days)))
     for index, day in enumerate(days):
         x = left + index * (bar + gap)
         y = height
@@ -41,10 +72,17 @@ def stacked_bars(
             colour = PALETTE[number % len(PALETTE)]
             parts.append(
                 f'<rect x="{x}" y="{y}" width="{bar}" height="{h}" fill="{colour}">'
-                f"<title>{escape(day)} {escape(name)}: ${value:.4f}</title></rect>"
+                f"<title>{escape(day)} {escape(name)}: "
+                f"{money(value, money_decimals(value, least=4))}</title></rect>"
             )
-        if index % max(1, len(days) // 8) == 0:
-            parts.append(f'<text x="{x}" y="{height + 16}" class="axis">{escape(day[5:])}</text>')
+        if index in labelled:
+            # Centred under its bar; the last one ends at its bar's right edge (never cut off).
+            last = index == len(days) - 1
+            anchor, at = ("end", x + bar) if last else ("middle", x + bar // 2)
+            parts.append(
+                f'<text x="{at}" y="{height + 16}" text-anchor="{anchor}" class="axis x">'
+                f"{escape(day[5:])}</text>"
+            )
     parts.append("</svg>")
     return "".join(parts) + legend(list(series))
 

@@ -201,6 +201,21 @@ def test_spend_aggregates(cast):
     assert client.get("/api/spend?by=planet").status_code == 400
 
 
+def test_spend_by_key_or_team_names_each_group(cast):
+    client = cast["clients"]["root"]
+    key_a, key_b = cast["key_a"], cast["key_b"]
+    by_key = {r["group"]: (r["name"], r["prefix"]) for r in client.get("/api/spend?by=key").json()}
+    assert by_key == {
+        str(key_a.pk): ("alice laptop", key_a.prefix),
+        str(key_b.pk): ("bob laptop", key_b.prefix),
+    }
+    by_team = client.get("/api/spend?by=team").json()
+    assert [(r["group"], r["name"], r["prefix"]) for r in by_team] == [
+        (str(cast["team"].pk), "platform", None)
+    ]
+    assert {r["name"] for r in client.get("/api/spend?by=model").json()} == {None}
+
+
 def test_provider_credentials_are_write_only(cast):
     client = cast["clients"]["root"]
     created = client.post(

@@ -53,6 +53,8 @@ def shot(page, name: str) -> None:
 def test_log_in_create_a_key_and_read_the_dashboard(gateway, browser, django_user_model):
     django_user_model.objects.create_superuser("admin", "admin@example.com", "pw-admin-123")
     page = browser.new_page()
+    missing = []  # every 404 the pages met (Playwright does not report favicon fetches)
+    page.on("response", lambda response: response.status == 404 and missing.append(response.url))
     page.goto(gateway.url + "/admin/login/")
     page.fill("#id_username", "admin")
     page.fill("#id_password", "pw-admin-123")
@@ -91,3 +93,7 @@ def test_log_in_create_a_key_and_read_the_dashboard(gateway, browser, django_use
     assert page.locator("#usage tbody tr").count() == 3
     assert secret not in page.content()
     shot(page, "4-key-page")
+    page.wait_for_load_state("networkidle")
+    assert missing == []
+    # Through the ASGI router, as a browser's own favicon fetch goes: no 404.
+    assert page.request.get(gateway.url + "/favicon.ico").status == 204

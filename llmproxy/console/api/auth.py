@@ -18,13 +18,31 @@ def _bearer(request) -> str | None:
     return None
 
 
+VIRTUAL_KEY_REFUSED = (
+    "This is a virtual key (llmp-…): it works on the proxy paths and for GET /api/me only. "
+    "The management API wants a management API token (Authorization: Bearer llmpt-…), made "
+    "in the admin (Accounts and keys → API tokens) or with POST /api/tokens/."
+)
+
+
 class TokenAuthentication(authentication.BaseAuthentication):
-    """``Authorization: Bearer llmpt-…``: a token created in the admin or at /api/tokens/."""
+    """``Authorization: Bearer llmpt-…``: a token created in the admin or at /api/tokens/.
+
+    A virtual key, in ``x-api-key`` or as the bearer, is refused with a message saying what
+    the management API wants (/api/me, which takes the key, does not use this class); any
+    other bearer is an invalid token.
+    """
 
     def authenticate(self, request):
         secret = _bearer(request)
-        if secret is None or not secret.startswith(keys.TOKEN_MARKER):
+        if secret is None:
+            if request.META.get("HTTP_X_API_KEY", "").startswith(keys.KEY_MARKER):
+                raise exceptions.AuthenticationFailed(VIRTUAL_KEY_REFUSED)
             return None
+        if secret.startswith(keys.KEY_MARKER):
+            raise exceptions.AuthenticationFailed(VIRTUAL_KEY_REFUSED)
+        if not secret.startswith(keys.TOKEN_MARKER):
+            raise exceptions.AuthenticationFailed("Invalid API token.")
         token = services.find_api_token(secret)
         if token is None or not token.user.is_active:
             raise exceptions.AuthenticationFailed("Invalid API token.")

@@ -1,13 +1,69 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
 
 from accounts.models import ApiKey, ApiToken, Team
 from billing.models import Price, UsageEvent
 from llmproxy.gateway.models import ModelRoute, Provider
+
+
+class StrictInput:
+    """Input may name only the serializer's writable fields.
+
+    DRF drops fields it does not know and read-only fields without a word, so a misspelt
+    limit (``requests_per_minute`` for ``rpm``) would be accepted and do nothing. Here each
+    such field is a 400 that names it, together with any other field errors.
+    """
+
+    def to_internal_value(self, data):
+        refused = self.refused_fields(data) if isinstance(data, Mapping) else {}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if refused and isinstance(exc.detail, dict):
+                raise serializers.ValidationError({**refused, **exc.detail}) from None
+            raise
+        if refused:
+            raise serializers.ValidationError(refused)
+        return value
+
+    def refused_fields(self, data: Mapping) -> dict[str, list[str]]:
+        writable = [name for name, field in self.fields.items() if not field.read_only]
+        refused = {}
+        for name in data:
+            field = self.fields.get(name)
+            if field is not None and field.read_only:
+                refused[name] = ["This field is read-only; it cannot be written."]
+            elif field is None:
+                accepted = ", ".join(writable) if writable else "no fields"
+                refused[name] = [f"Unknown field. This endpoint accepts: {accepted}."]
+        return refused
+
+
+class StrictSerializer(StrictInput, serializers.Serializer):
+    pass
+
+
+class StrictModelSerializer(StrictInput, serializers.ModelSerializer):
+    pass
+
+
+class StrictInputScheme(OpenApiSerializerExtension):
+    """In the schema, request bodies say what the code does: no other properties."""
+
+    target_class = StrictInput
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        if direction == "request" and schema.get("type") == "object":
+            schema["additionalProperties"] = False
+        return schema
 
 
 class ObjectField(serializers.JSONField):
@@ -28,7 +84,7 @@ class HeadersField(ObjectField):
         return value
 
 
-class ApiKeySerializer(serializers.ModelSerializer):
+class ApiKeySerializer(StrictModelSerializer):
     metadata = ObjectField(required=False)
     allowed_models = serializers.ListField(
         child=serializers.CharField(max_length=200), required=False
@@ -69,17 +125,21 @@ class NewKeySerializer(ApiKeySerializer):
         fields = [*ApiKeySerializer.Meta.fields, "key"]
 
 
-class SecretSerializer(serializers.Serializer):
+class SecretSerializer(StrictSerializer):
     id = serializers.IntegerField()
     prefix = serializers.CharField()
     key = serializers.CharField(help_text="The new secret, shown this once.")
 
 
-class RevokeSerializer(serializers.Serializer):
+class NoInputSerializer(StrictSerializer):
+    """For actions that take no input: any field sent is refused."""
+
+
+class RevokeSerializer(StrictSerializer):
     reason = serializers.CharField(max_length=200, required=False, allow_blank=True)
 
 
-class TeamSerializer(serializers.ModelSerializer):
+class TeamSerializer(StrictModelSerializer):
     budget_usd = serializers.DecimalField(
         max_digits=12, decimal_places=4, min_value=Decimal(0), allow_null=True, required=False
     )
@@ -92,13 +152,13 @@ class TeamSerializer(serializers.ModelSerializer):
         ]  # fmt: skip
 
 
-class UserSerializer(serializers.ModelSerializer):
+class UserSerializer(StrictModelSerializer):
     class Meta:
         model = get_user_model()
         fields = ["id", "username", "email", "first_name", "last_name", "is_staff", "is_active"]
 
 
-class ProviderSerializer(serializers.ModelSerializer):
+class ProviderSerializer(StrictModelSerializer):
     credential = serializers.CharField(
         write_only=True, required=False, help_text="Write-only: stored encrypted, never read."
     )
@@ -133,13 +193,13 @@ class ProviderSerializer(serializers.ModelSerializer):
         return self._save(instance, validated_data)
 
 
-class ModelRouteSerializer(serializers.ModelSerializer):
+class ModelRouteSerializer(StrictModelSerializer):
     class Meta:
         model = ModelRoute
         fields = ["id", "pattern", "provider", "upstream_model", "priority", "enabled"]
 
 
-class PriceSerializer(serializers.ModelSerializer):
+class PriceSerializer(StrictModelSerializer):
     tool_prices = ObjectField(required=False)
     container_prices = ObjectField(required=False)
 
@@ -148,7 +208,7 @@ class PriceSerializer(serializers.ModelSerializer):
         fields = "__all__"
 
 
-class UsageEventSerializer(serializers.ModelSerializer):
+class UsageEventSerializer(StrictModelSerializer):
     class Meta:
         model = UsageEvent
         fields = [
@@ -160,15 +220,19 @@ class UsageEventSerializer(serializers.ModelSerializer):
         ]  # fmt: skip
 
 
-class SpendRowSerializer(serializers.Serializer):
+class SpendRowSerializer(StrictSerializer):
     group = serializers.CharField(allow_null=True)
+    name = serializers.CharField(
+        allow_null=True, help_text="by=key: the key's name; by=team: the team's; else null"
+    )
+    prefix = serializers.CharField(allow_null=True, help_text="by=key: the key's prefix")
     requests = serializers.IntegerField()
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
     cost_usd = serializers.DecimalField(max_digits=18, decimal_places=8)
 
 
-class TokenSerializer(serializers.ModelSerializer):
+class TokenSerializer(StrictModelSerializer):
     class Meta:
         model = ApiToken
         fields = ["id", "name", "prefix", "created_at", "last_used_at"]
@@ -182,7 +246,7 @@ class NewTokenSerializer(TokenSerializer):
         fields = [*TokenSerializer.Meta.fields, "token"]
 
 
-class BudgetStateSerializer(serializers.Serializer):
+class BudgetStateSerializer(StrictSerializer):
     scope = serializers.CharField()
     period = serializers.CharField()
     limit_usd = serializers.DecimalField(max_digits=12, decimal_places=4)
@@ -190,7 +254,7 @@ class BudgetStateSerializer(serializers.Serializer):
     remaining_usd = serializers.DecimalField(max_digits=18, decimal_places=8)
 
 
-class MeSerializer(serializers.Serializer):
+class MeSerializer(StrictSerializer):
     key = ApiKeySerializer()
     budgets = BudgetStateSerializer(many=True)
     spent_today_usd = serializers.DecimalField(max_digits=18, decimal_places=8)

@@ -81,7 +81,7 @@ class ApiKeyViewSet(
     def get_serializer_class(self):
         return s.NewKeySerializer if self.action == "create" else s.ApiKeySerializer
 
-    @extend_schema(responses={201: s.NewKeySerializer})
+    @extend_schema(request=s.ApiKeySerializer, responses={201: s.NewKeySerializer})
     def create(self, request, *args, **kwargs):
         if not request.user.is_staff:
             raise PermissionDenied("Only staff create keys.")
@@ -106,6 +106,7 @@ class ApiKeyViewSet(
     @action(detail=True, methods=["post"])
     def rotate(self, request, pk=None):
         key = self.get_object()
+        s.NoInputSerializer(data=request.data).is_valid(raise_exception=True)
         with _key_secret_conflict_is_409():
             secret = key_services.rotate_key(key=key)
         return Response(
@@ -369,10 +370,27 @@ class SpendView(APIView):
             )
             .order_by("group")
         )
+        rows = list(rows)
+        names = _group_names(by, {row["group"] for row in rows} - {None})
         data = [
-            {**row, "group": None if row["group"] is None else str(row["group"])} for row in rows
+            {
+                **row,
+                "group": None if row["group"] is None else str(row["group"]),
+                "name": names.get(row["group"], (None, None))[0],
+                "prefix": names.get(row["group"], (None, None))[1],
+            }
+            for row in rows
         ]
         return Response(s.SpendRowSerializer(data, many=True).data)
+
+
+def _group_names(by: str, ids: set) -> dict:
+    """For rows grouped by key or team: each id's (name, key prefix)."""
+    if by == "key":
+        return {k.pk: (k.name, k.prefix) for k in ApiKey.objects.filter(pk__in=ids)}
+    if by == "team":
+        return {t.pk: (t.name, None) for t in Team.objects.filter(pk__in=ids)}
+    return {}
 
 
 class MeView(APIView):
