@@ -6,9 +6,9 @@ from django.db import models
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from accounts import services
+from accounts import services, signin
 from accounts.forms import CommaListField
-from accounts.models import ApiKey, ApiToken, Team
+from accounts.models import ApiKey, ApiToken, Person, SignInToken, Team
 
 # Webhook URLs typed without a scheme mean https (Django 6's default, chosen now).
 URL_FIELDS = {models.URLField: {"assume_scheme": "https"}}
@@ -244,3 +244,40 @@ class ApiTokenAdmin(admin.ModelAdmin):
 admin.site.register(ApiToken, ApiTokenAdmin)
 admin.site.register(Team, TeamAdmin)
 admin.site.register(ApiKey, ApiKeyAdmin)
+
+
+class PersonAdmin(admin.ModelAdmin):
+    """A person's own policy and budget, on top of every key and sign-in of theirs."""
+
+    formfield_overrides = URL_FIELDS
+    list_display = ["user", "default_team", "budget_usd", "budget_period", "rpm", "max_concurrent"]
+    list_select_related = ["user", "default_team"]
+    search_fields = ["user__username", "user__email"]
+    autocomplete_fields = ["user", "default_team"]
+
+
+class SignInTokenAdmin(admin.ModelAdmin):
+    """Sign-ins from Claude Code's /login and llmproxy login: listed and revoked, never shown
+    (only a prefix of each token is stored in the clear)."""
+
+    list_display = ["person", "client", "kind", "prefix", "created_at", "expires_at", "revoked_at"]
+    list_filter = ["client", "kind", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["person__username", "prefix", "family"]
+    list_select_related = ["person"]
+    readonly_fields = [f.name for f in SignInToken._meta.fields]
+    actions = ["revoke_sign_ins"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # tokens come from signing in
+
+    @admin.action(description="Revoke the sign-ins of the selected tokens", permissions=["change"])
+    def revoke_sign_ins(self, request, queryset):
+        ended = sum(
+            signin.revoke_family(family, reason=f"revoked by {request.user.get_username()}")
+            for family in set(queryset.values_list("family", flat=True))
+        )
+        self.message_user(request, f"Revoked {ended} token(s).", messages.SUCCESS)
+
+
+admin.site.register(Person, PersonAdmin)
+admin.site.register(SignInToken, SignInTokenAdmin)

@@ -15,6 +15,8 @@ from django.conf import settings
 
 KEY_MARKER = "llmp-"
 TOKEN_MARKER = "llmpt-"  # management API tokens: never valid on the proxy
+ACCESS_MARKER = "llmpa-"  # sign-in access tokens: taken by the proxy like keys
+REFRESH_MARKER = "llmpr-"  # sign-in refresh tokens: only the token endpoint takes them
 PREFIX_LENGTH = 12
 _SECRET_BYTES = 32
 _MAX_KEY_LENGTH = 200
@@ -44,6 +46,10 @@ def secret_fingerprint() -> str:
 
 def looks_like_key(secret: str) -> bool:
     return secret.startswith(KEY_MARKER) and len(secret) <= _MAX_KEY_LENGTH
+
+
+def looks_like(secret: str, marker: str) -> bool:
+    return secret.startswith(marker) and len(secret) <= _MAX_KEY_LENGTH
 
 
 def digest_matches(secret: str, stored_digest: str) -> bool:

@@ -1,4 +1,9 @@
-"""Who may do what: teams, API keys and their policies."""
+"""Who may do what: people, teams, API keys, sign-in tokens and their policies.
+
+A policy can sit on three layers: the credential (an API key), the person it belongs to, and
+the team the call is billed to (the key's team, else the person's default team). A call is
+admitted only when every layer allows it (docs/people.md).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,29 @@ class ReserveMode(models.TextChoices):
     EXPECTED = "expected", "Expected cost: more concurrency, bounded overshoot"
 
 
-class Team(models.Model):
+def pattern_list(help_text: str) -> models.JSONField:
+    """A policy list of a person or team: null means this layer does not restrict."""
+    return models.JSONField(null=True, blank=True, default=None, help_text=help_text)
+
+
+class LayerPolicy(models.Model):
+    """What a person or a team may use, on top of each credential's own policy."""
+
+    allowed_models = pattern_list('Model patterns such as "claude-sonnet-*". Empty: any model.')
+    allowed_endpoints = pattern_list('Paths such as "/v1/messages". Empty: any endpoint.')
+    allowed_tools = pattern_list(
+        'Hosted tools such as "web_search*". Empty: no restriction here; sign-in tokens may '
+        "use only the hosted tools a person or team lists."
+    )
+    rpm = models.PositiveIntegerField("requests per minute", null=True, blank=True)
+    tpm = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class Team(LayerPolicy):
     name = models.CharField(max_length=100, unique=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="teams")
     budget_usd = models.DecimalField(
@@ -177,3 +204,82 @@ class KeySecretFingerprint(models.Model):
 
     def __str__(self) -> str:
         return f"key secret fingerprint {self.fingerprint[:12]}…"
+
+
+class Person(LayerPolicy):
+    """A person's own policy and budget: a Django user's side of llmproxy, made on demand."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="person"
+    )
+    default_team = models.ForeignKey(
+        Team,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The team a call is billed to when its credential names none.",
+    )
+    budget_usd = models.DecimalField(
+        "budget (USD)", max_digits=12, decimal_places=4, null=True, blank=True,
+        help_text="Spend limit across every key and sign-in of this person. Empty: no limit.",
+    )  # fmt: skip
+    budget_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
+    )
+    alert_webhook_url = models.URLField(
+        blank=True, help_text="Receives a JSON POST when spend crosses 50, 80 and 100 %."
+    )
+
+    class Meta:
+        verbose_name_plural = "people"
+
+    def __str__(self) -> str:
+        return self.user.get_username()
+
+
+class SignInClient(models.TextChoices):
+    CLAUDE_CODE = "claude_code", "Claude Code (/login)"
+    CLI = "cli", "llmproxy login (Codex and scripts)"
+
+
+class SignInTokenQuerySet(models.QuerySet):
+    def live(self) -> SignInTokenQuerySet:
+        return self.filter(revoked_at__isnull=True, expires_at__gt=timezone.now())
+
+
+class SignInToken(models.Model):
+    """A short-lived credential of a person, from a sign-in (OAuth device grant): an access
+    token the proxy takes like a key, or the refresh token that replaces it. Stored as
+    prefix + HMAC digest, like keys. Tokens of one sign-in share a ``family``: a refresh
+    token used twice (stolen and replayed) revokes the whole family."""
+
+    ACCESS = "access"
+    REFRESH = "refresh"
+
+    person = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sign_in_tokens"
+    )
+    client = models.CharField(max_length=16, choices=SignInClient.choices)
+    kind = models.CharField(max_length=8, choices=[(ACCESS, "access"), (REFRESH, "refresh")])
+    family = models.CharField(max_length=32, db_index=True, editable=False)
+    prefix = models.CharField(max_length=16, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True, editable=False)  # refresh: once
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.CharField(max_length=200, blank=True)
+
+    objects = SignInTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "sign-in token"
+
+    def __str__(self) -> str:
+        return f"{self.person} {self.client} {self.kind} ({self.prefix}…)"
+
+    @property
+    def is_live(self) -> bool:
+        return self.revoked_at is None and self.expires_at > timezone.now()

@@ -16,6 +16,7 @@ from accounts.models import (
     ApiToken,
     BudgetPeriod,
     KeySecretFingerprint,
+    Person,
     ReserveMode,
     Team,
 )
@@ -64,6 +65,22 @@ def reset_key_secret() -> str:
     row.fingerprint = current
     row.save(update_fields=["fingerprint", "recorded_at"])
     return "other"
+
+
+def billed_team(*, key: ApiKey | None, person: Person | None) -> Team | None:
+    """The team a call is billed to: the key's, else the person's default team (only one of
+    the teams the person is in, so each call's spend counts in one team's ledger)."""
+    if key is not None and key.team_id is not None:
+        return key.team
+    if person is not None and person.default_team_id is not None:
+        return person.default_team
+    return None
+
+
+def person_of(user) -> Person:
+    """The person's policy row, made on first need."""
+    person, _ = Person.objects.get_or_create(user=user)
+    return person
 
 
 class NotAllowed(Exception):

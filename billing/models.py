@@ -6,6 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from django.conf import settings
 from django.db import models
 
 from accounts.models import ApiKey, Team
@@ -99,6 +100,17 @@ class UsageEvent(models.Model):
     team = models.ForeignKey(
         Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_events"
     )
+    person = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="usage_events",
+        help_text="Whose key or sign-in made the call.",
+    )
+    credential = models.CharField(
+        max_length=40, blank=True, help_text='"key", or the sign-in it came from ("claude_code").'
+    )
     # The gateway's Provider, by name: billing sits below the gateway and never imports it.
     provider = models.ForeignKey(
         "llmproxy.Provider",
@@ -143,6 +155,7 @@ class UsageEvent(models.Model):
         indexes = [
             models.Index(fields=["api_key", "created_at"], name="usage_key_time"),
             models.Index(fields=["team", "created_at"], name="usage_team_time"),
+            models.Index(fields=["person", "created_at"], name="usage_person_time"),
         ]
 
     def __str__(self) -> str:

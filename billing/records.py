@@ -32,6 +32,7 @@ LENGTHS = {
     "client": 40,
     "session_id": 100,
     "kind": 16,
+    "credential": 40,
     "error": 2000,
 }
 
@@ -43,6 +44,8 @@ class UsageRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     endpoint: str
     api_key_id: int | None = None
     team_id: int | None = None
+    person_id: int | None = None
+    credential: str = ""
     provider_id: int | None = None
     upstream_model: str = ""
     client: str = ""

@@ -204,6 +204,11 @@ LLMPROXY_WEBSOCKETS = env_bool(ENV, "LLMPROXY_WEBSOCKETS", True)
 # not carry (a previous response the gateway has no figure for, a stored conversation or
 # prompt, a file or URL).
 LLMPROXY_HELD_CONTEXT_TOKENS = env_int(ENV, "LLMPROXY_HELD_CONTEXT_TOKENS", 100_000, minimum=0)
+# Sign-in tokens (Claude Code's /login, llmproxy login): access and refresh token lifetimes.
+LLMPROXY_ACCESS_TOKEN_SECONDS = env_int(ENV, "LLMPROXY_ACCESS_TOKEN_SECONDS", 3600, minimum=60)
+LLMPROXY_REFRESH_TOKEN_SECONDS = env_int(
+    ENV, "LLMPROXY_REFRESH_TOKEN_SECONDS", 30 * 86_400, minimum=300
+)
 # A client that hangs up before its answer ended: read on this long for the provider's own
 # usage figure (sending nothing), then stop and record an estimate.
 LLMPROXY_ABANDONED_READ_SECONDS = env_float(

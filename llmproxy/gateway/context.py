@@ -3,7 +3,7 @@
 A request that continues a previous response (``previous_response_id``), names a stored
 conversation or prompt template, or points at files and URLs makes the provider read more
 than the body carries. The reservation, counted from the body's bytes, would miss it. What
-the gateway knows is used instead: the context a previous response of the same key ended
+the gateway knows is used instead: the context a previous response of the same credential ended
 with (its recorded prompt and output), else ``LLMPROXY_HELD_CONTEXT_TOKENS`` per reference.
 """
 
@@ -20,20 +20,20 @@ KEPT = 20_000  # response ids remembered per process, oldest forgotten first
 
 class HeldContext:
     def __init__(self) -> None:
-        self._known: OrderedDict[tuple[int, str], int] = OrderedDict()
+        self._known: OrderedDict[tuple[str, str], int] = OrderedDict()
 
-    def remember(self, key_id: int, response_id: str, tokens: int) -> None:
+    def remember(self, subject: str, response_id: str, tokens: int) -> None:
         """The context a response ended with: what a call continuing it will read first."""
-        self._known[key_id, response_id] = tokens
-        self._known.move_to_end((key_id, response_id))
+        self._known[subject, response_id] = tokens
+        self._known.move_to_end((subject, response_id))
         while len(self._known) > KEPT:
             self._known.popitem(last=False)
 
-    def tokens(self, key_id: int, info: RequestInfo) -> int:
+    def tokens(self, subject: str, info: RequestInfo) -> int:
         floor = settings.LLMPROXY_HELD_CONTEXT_TOKENS
         held = info.held_references * floor
         if info.previous_response_id:
-            known = self._known.get((key_id, info.previous_response_id))
+            known = self._known.get((subject, info.previous_response_id))
             held += floor if known is None else known
         return held
 

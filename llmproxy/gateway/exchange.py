@@ -12,6 +12,7 @@ always released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -152,7 +153,7 @@ class Exchange:
 
     def sharing_key(self) -> str:
         """Identical requests (same key, path, body and answer-changing headers) share it."""
-        digest = hashlib.sha256(f"{self.policy.key_id}\n{self.incoming.path}\n".encode())
+        digest = hashlib.sha256(f"{self.policy.subject}\n{self.incoming.path}\n".encode())
         for name, value in self.incoming.headers:
             if name in SHARING_HEADERS:
                 digest.update(name + b":" + value + b"\n")
@@ -164,9 +165,19 @@ class Exchange:
     async def admit(self) -> None:
         """Rate limits and concurrency for every call (each one is an upstream call made with
         the organisation's credential); a budget reservation for the billed ones."""
-        self.ticket = await limiter().admit(
-            self.policy, self.reservation_units(), billed=self.endpoint.billed
+        admission = asyncio.ensure_future(
+            limiter().admit(self.policy, self.reservation_units(), billed=self.endpoint.billed)
         )
+        try:
+            self.ticket = await asyncio.shield(admission)
+        except asyncio.CancelledError:
+            # The client left while admission ran: once it is done, release what it took
+            # (a slot and a reservation in Redis), then go on being cancelled.
+            with contextlib.suppress(Exception):
+                self.ticket = await admission
+            self.reached = False  # nothing was sent upstream
+            await self.settle(CLIENT_CLOSED, error="cancelled before it was sent", partial=True)
+            raise
 
     def declared(self) -> reservations.Declared:
         info = self.info
@@ -280,7 +291,7 @@ class Exchange:
         if self.tap.response_id:
             # What a call continuing this response will make the provider read first.
             context = usage.prompt_tokens + usage.output_tokens
-            held_context.remember(self.policy.key_id, self.tap.response_id, context)
+            held_context.remember(self.policy.subject, self.tap.response_id, context)
         cost = ZERO
         if self.endpoint.billed and self.price is not None:
             cost = self.price.cost(usage)
@@ -347,6 +358,8 @@ class Exchange:
             "created_at": self.created_at.isoformat(),
             "api_key_id": self.policy.key_id,
             "team_id": self.policy.team_id,
+            "person_id": self.policy.person_id,
+            "credential": self.policy.credential,
             "provider_id": self.provider.id,
             "model": self.info.model,
             "upstream_model": self.tap.upstream_model or self.upstream_model,

@@ -32,7 +32,7 @@ from llmproxy.core.ids import new_id
 from llmproxy.core.loopbound import PerLoop
 from llmproxy.gateway import dbthreads, hotstore
 from llmproxy.gateway.errors import ErrorKind, ProxyError
-from llmproxy.gateway.policy import KeyPolicy
+from llmproxy.gateway.policy import KeyPolicy, Limits
 from llmproxy.gateway.usage_sink import sink
 
 HOLD_TTL = 3600  # seconds a reservation or slot outlives a worker that died holding it
@@ -43,7 +43,9 @@ PREFIX = "llmproxy:lim:"
 class State:
     """What admission saw, for the x-llmproxy-ratelimit-* and budget headers."""
 
+    rpm: int | None = None  # the first layer's request limit, and its use this minute
     rpm_used: int = 0
+    tpm: int | None = None
     tpm_used: int = 0
     budget: Budget | None = None  # the budget with the least room left
     budget_left_units: int | None = None
@@ -56,6 +58,7 @@ class Ticket:
     minute: int
     reserved_units: int = 0
     budgets: tuple[Budget, ...] = ()  # the budgets this call counts against
+    limits: tuple[Limits, ...] = ()  # the rate-limit layers it counts against
     budget_keys: list[tuple[str, str]] = field(default_factory=list)  # (spend, reservations)
     state: State = field(default_factory=State)
     released: bool = False
@@ -85,45 +88,49 @@ def spent_in_period(budget: Budget, now: float) -> int:
     return to_units(UsageEvent.objects.spent(budget, datetime.fromtimestamp(now, UTC)))
 
 
-def _refusal(code: int, ticket: Ticket, now: float, budget: Budget | None) -> ProxyError:
-    policy = ticket.policy
+def _refusal(code: int, ticket: Ticket, now: float, index: int) -> ProxyError:
+    """Refusal ``code`` (1 concurrency, 2 requests/min, 3 tokens/min of limits #index, 4
+    budget #index) in the words the client shows."""
     to_next_minute = max(1, math.ceil(60 - now % 60))
-    if code == 1:
-        message = f"This key allows {policy.max_concurrent} concurrent requests; wait for one."
-        error = ProxyError(ErrorKind.RATE_LIMIT, message, retry_after=1)
-    elif code == 2:
-        message = f"This key allows {policy.rpm} requests per minute."
-        error = ProxyError(ErrorKind.RATE_LIMIT, message, retry_after=to_next_minute)
-    elif code == 3:
-        message = f"This key allows {policy.tpm} tokens per minute."
-        error = ProxyError(ErrorKind.RATE_LIMIT, message, retry_after=to_next_minute)
+    if code in (1, 2, 3):
+        limits = ticket.limits[index]
+        if code == 1:
+            message = f"{limits.holder} allows {limits.max_concurrent} concurrent requests; wait."
+            error = ProxyError(ErrorKind.RATE_LIMIT, message, retry_after=1)
+        elif code == 2:
+            message = f"{limits.holder} allows {limits.rpm} requests per minute."
+            error = ProxyError(ErrorKind.RATE_LIMIT, message, retry_after=to_next_minute)
+        else:
+            message = f"{limits.holder} allows {limits.tpm} tokens per minute."
+            error = ProxyError(ErrorKind.RATE_LIMIT, message, retry_after=to_next_minute)
     else:
-        assert budget is not None
-        owner = "This key's" if budget.scope == "key" else "The key's team's"
+        budget = ticket.budgets[index]
         error = ProxyError(
             ErrorKind.BILLING,
-            f"{owner} budget of ${budget.limit_usd} per {budget.period} is spent or reserved "
-            f"by requests in flight (this request could cost up to "
+            f"{BUDGET_HOLDERS[budget.scope]} budget of ${budget.limit_usd} per {budget.period} "
+            f"is spent or reserved by requests in flight (this request could cost up to "
             f"${from_units(ticket.reserved_units).normalize():f}).",
         )
     error.headers.update(state_headers(ticket, now))
     return error
 
 
+BUDGET_HOLDERS = {"key": "This key's", "person": "Your", "team": "Your team's"}
+
+
 def state_headers(ticket: Ticket, now: float) -> dict[str, str]:
-    """Remaining budget and rate limits, named like the providers' ratelimit headers."""
-    policy, state = ticket.policy, ticket.state
+    """Remaining budget and rate limits, named like the providers' ratelimit headers (for the
+    first layer that sets each limit: the key's, else the person's, else the team's)."""
+    state = ticket.state
     headers: dict[str, str] = {}
     reset = f"{max(1, math.ceil(60 - now % 60))}s"
-    if policy.rpm is not None:
-        headers["x-llmproxy-ratelimit-limit-requests"] = str(policy.rpm)
-        headers["x-llmproxy-ratelimit-remaining-requests"] = str(
-            max(0, policy.rpm - state.rpm_used)
-        )
+    if state.rpm is not None:
+        headers["x-llmproxy-ratelimit-limit-requests"] = str(state.rpm)
+        headers["x-llmproxy-ratelimit-remaining-requests"] = str(max(0, state.rpm - state.rpm_used))
         headers["x-llmproxy-ratelimit-reset-requests"] = reset
-    if policy.tpm is not None:
-        headers["x-llmproxy-ratelimit-limit-tokens"] = str(policy.tpm)
-        headers["x-llmproxy-ratelimit-remaining-tokens"] = str(max(0, policy.tpm - state.tpm_used))
+    if state.tpm is not None:
+        headers["x-llmproxy-ratelimit-limit-tokens"] = str(state.tpm)
+        headers["x-llmproxy-ratelimit-remaining-tokens"] = str(max(0, state.tpm - state.tpm_used))
         headers["x-llmproxy-ratelimit-reset-tokens"] = reset
     if state.budget is not None and state.budget_left_units is not None:
         left = max(0, state.budget_left_units)
@@ -138,12 +145,29 @@ def _tightest(state: State, budget: Budget, left: int) -> None:
         state.budget, state.budget_left_units = budget, left
 
 
+def _note_usage(state: State, limits: Limits, rpm_used: int, tpm_used: int) -> None:
+    """Keep, for the headers, the first layer that sets each rate limit."""
+    if limits.rpm is not None and state.rpm is None:
+        state.rpm, state.rpm_used = limits.rpm, rpm_used
+    if limits.tpm is not None and state.tpm is None:
+        state.tpm, state.tpm_used = limits.tpm, tpm_used
+
+
+def counter_names(limits: Limits, minute: int) -> tuple[str, str, str]:
+    """Slots, requests-this-minute and tokens-this-minute counters of one layer."""
+    return (
+        f"{PREFIX}slots:{limits.subject}",
+        f"{PREFIX}rpm:{limits.subject}:{minute}",
+        f"{PREFIX}tpm:{limits.subject}:{minute}",
+    )
+
+
 class LocalLimiter:
     """The embedded twin of the Redis script: the same checks, in process memory."""
 
     def __init__(self) -> None:
         self.counters: dict[str, int] = {}
-        self.slots: dict[int, dict[str, float]] = {}
+        self.slots: dict[str, dict[str, float]] = {}
         self.reservations: dict[str, dict[str, tuple[int, float]]] = {}
 
     async def admit(
@@ -154,6 +178,7 @@ class LocalLimiter:
         now = time.time() if now is None else now
         ticket = Ticket(new_id(), policy, int(now // 60), estimate)
         ticket.budgets = policy.budgets if billed else ()
+        ticket.limits = policy.limits
         if not policy.limited:
             ticket.released = True  # nothing to count or release
             return ticket
@@ -164,29 +189,36 @@ class LocalLimiter:
                 self.counters.setdefault(spend, spent)
         # From here on no await: check and update happen as one step.
         self._check(ticket, now)
-        self.slots.setdefault(policy.key_id, {})[ticket.id] = now + HOLD_TTL
-        rpm = f"{PREFIX}rpm:{policy.key_id}:{ticket.minute}"
-        self.counters[rpm] = self.counters.get(rpm, 0) + 1
-        ticket.state.rpm_used += 1
+        for limits in ticket.limits:
+            slots, rpm, _ = counter_names(limits, ticket.minute)
+            self.slots.setdefault(slots, {})[ticket.id] = now + HOLD_TTL
+            self.counters[rpm] = self.counters.get(rpm, 0) + 1
+        if ticket.state.rpm is not None:
+            ticket.state.rpm_used += 1
         for _, reservations in ticket.budget_keys:
             self.reservations.setdefault(reservations, {})[ticket.id] = (estimate, now + HOLD_TTL)
         self._forget_old_minutes(ticket.minute)
         return ticket
 
     def _check(self, ticket: Ticket, now: float) -> None:
-        policy, state = ticket.policy, ticket.state
-        slots = self.slots.setdefault(policy.key_id, {})
-        for held in [t for t, expiry in slots.items() if expiry <= now]:
-            del slots[held]
-        state.rpm_used = self.counters.get(f"{PREFIX}rpm:{policy.key_id}:{ticket.minute}", 0)
-        state.tpm_used = self.counters.get(f"{PREFIX}tpm:{policy.key_id}:{ticket.minute}", 0)
-        if policy.max_concurrent is not None and len(slots) >= policy.max_concurrent:
-            raise _refusal(1, ticket, now, None)
-        if policy.rpm is not None and state.rpm_used >= policy.rpm:
-            raise _refusal(2, ticket, now, None)
-        if policy.tpm is not None and state.tpm_used >= policy.tpm:
-            raise _refusal(3, ticket, now, None)
-        for budget, (spend, reservations) in zip(ticket.budgets, ticket.budget_keys, strict=True):
+        state = ticket.state
+        for index, limits in enumerate(ticket.limits):
+            slots_name, rpm_name, tpm_name = counter_names(limits, ticket.minute)
+            slots = self.slots.setdefault(slots_name, {})
+            for held in [t for t, expiry in slots.items() if expiry <= now]:
+                del slots[held]
+            rpm_used = self.counters.get(rpm_name, 0)
+            tpm_used = self.counters.get(tpm_name, 0)
+            _note_usage(state, limits, rpm_used, tpm_used)
+            if limits.max_concurrent is not None and len(slots) >= limits.max_concurrent:
+                raise _refusal(1, ticket, now, index)
+            if limits.rpm is not None and rpm_used >= limits.rpm:
+                raise _refusal(2, ticket, now, index)
+            if limits.tpm is not None and tpm_used >= limits.tpm:
+                raise _refusal(3, ticket, now, index)
+        for index, (budget, (spend, reservations)) in enumerate(
+            zip(ticket.budgets, ticket.budget_keys, strict=True)
+        ):
             held = self.reservations.setdefault(reservations, {})
             for expired in [t for t, (_, expiry) in held.items() if expiry <= now]:
                 del held[expired]
@@ -195,15 +227,16 @@ class LocalLimiter:
             _tightest(state, budget, room - ticket.reserved_units)
             if room <= 0 or room < ticket.reserved_units:
                 state.budget, state.budget_left_units = budget, room  # what is left without it
-                raise _refusal(4, ticket, now, budget)
+                raise _refusal(4, ticket, now, index)
 
     async def settle(self, ticket: Ticket, cost: Decimal, tokens: int) -> None:
         if ticket.released:
             return
         ticket.released = True
-        self.slots.get(ticket.policy.key_id, {}).pop(ticket.id, None)
-        tpm = f"{PREFIX}tpm:{ticket.policy.key_id}:{ticket.minute}"
-        self.counters[tpm] = self.counters.get(tpm, 0) + tokens
+        for limits in ticket.limits:
+            slots, _, tpm = counter_names(limits, ticket.minute)
+            self.slots.get(slots, {}).pop(ticket.id, None)
+            self.counters[tpm] = self.counters.get(tpm, 0) + tokens
         for spend, reservations in ticket.budget_keys:
             self.reservations.get(reservations, {}).pop(ticket.id, None)
             if spend in self.counters:
@@ -222,65 +255,81 @@ class LocalLimiter:
                 del self.counters[name]
 
 
-# KEYS: slots, rpm, tpm, then (spend, reservations) per budget.
-# ARGV: now, ticket, hold expiry, max concurrent, rpm, tpm (-1: no limit), estimate, then one
-# limit per budget. Returns {code, index, rpm used, tpm used, least room left after this
-# request's reservation, that budget's index}:
-# code 0 admitted, 1-3 rate refusals, 4 budget #index refused, 9 spend counter #index missing.
+# KEYS: (slots, rpm, tpm) per limit layer, then (spend, reservations) per budget.
+# ARGV: now, ticket, hold expiry, estimate, layers, then (max concurrent, rpm, tpm; -1: no
+# limit) per layer, then one limit per budget. Returns {code, index, rpm used and tpm used
+# per layer (a list), least room left after this request's reservation, that budget's index}:
+# code 0 admitted, 1-3 rate refusals of layer #index, 4 budget #index refused, 9 spend
+# counter #index missing.
 ADMIT_SCRIPT = """
 local now = tonumber(ARGV[1])
-local max_concurrent = tonumber(ARGV[4])
-local rpm = tonumber(ARGV[5])
-local tpm = tonumber(ARGV[6])
-local estimate = tonumber(ARGV[7])
-local budgets = (#KEYS - 3) / 2
-local rpm_used = tonumber(redis.call('GET', KEYS[2]) or '0')
-local tpm_used = tonumber(redis.call('GET', KEYS[3]) or '0')
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if max_concurrent >= 0 and redis.call('ZCARD', KEYS[1]) >= max_concurrent then
-  return {1, 0, rpm_used, tpm_used, 0, 0}
+local estimate = tonumber(ARGV[4])
+local layers = tonumber(ARGV[5])
+local budgets = (#KEYS - 3 * layers) / 2
+local used = {}
+for l = 1, layers do
+  local slots, rpm_key, tpm_key = KEYS[3 * l - 2], KEYS[3 * l - 1], KEYS[3 * l]
+  local max_concurrent = tonumber(ARGV[3 * l + 3])
+  local rpm = tonumber(ARGV[3 * l + 4])
+  local tpm = tonumber(ARGV[3 * l + 5])
+  local rpm_used = tonumber(redis.call('GET', rpm_key) or '0')
+  local tpm_used = tonumber(redis.call('GET', tpm_key) or '0')
+  used[2 * l - 1], used[2 * l] = rpm_used, tpm_used
+  redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+  if max_concurrent >= 0 and redis.call('ZCARD', slots) >= max_concurrent then
+    return {1, l, used, 0, 0}
+  end
+  if rpm >= 0 and rpm_used >= rpm then return {2, l, used, 0, 0} end
+  if tpm >= 0 and tpm_used >= tpm then return {3, l, used, 0, 0} end
 end
-if rpm >= 0 and rpm_used >= rpm then return {2, 0, rpm_used, tpm_used, 0, 0} end
-if tpm >= 0 and tpm_used >= tpm then return {3, 0, rpm_used, tpm_used, 0, 0} end
+local base = 3 * layers
 local least, least_index = nil, 0
 for i = 1, budgets do
-  local spent = redis.call('GET', KEYS[2 + 2 * i])
-  if not spent then return {9, i, rpm_used, tpm_used, 0, 0} end
+  local spend_key, held_key = KEYS[base + 2 * i - 1], KEYS[base + 2 * i]
+  local spent = redis.call('GET', spend_key)
+  if not spent then return {9, i, used, 0, 0} end
   local reserved = 0
-  local held = redis.call('HGETALL', KEYS[3 + 2 * i])
+  local held = redis.call('HGETALL', held_key)
   for j = 1, #held, 2 do
     local sep = string.find(held[j + 1], ':', 1, true)
     local amount = tonumber(string.sub(held[j + 1], 1, sep - 1))
     if tonumber(string.sub(held[j + 1], sep + 1)) <= now then
-      redis.call('HDEL', KEYS[3 + 2 * i], held[j])
+      redis.call('HDEL', held_key, held[j])
     else
       reserved = reserved + amount
     end
   end
-  local room = tonumber(ARGV[7 + i]) - tonumber(spent) - reserved
+  local room = tonumber(ARGV[5 + 3 * layers + i]) - tonumber(spent) - reserved
   if least == nil or room - estimate < least then least, least_index = room - estimate, i end
-  if room <= 0 or room < estimate then return {4, i, rpm_used, tpm_used, room, i} end
+  if room <= 0 or room < estimate then return {4, i, used, room, i} end
 end
-redis.call('ZADD', KEYS[1], tonumber(ARGV[3]), ARGV[2])
-redis.call('EXPIRE', KEYS[1], 7200)
-redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], 120)
+for l = 1, layers do
+  redis.call('ZADD', KEYS[3 * l - 2], tonumber(ARGV[3]), ARGV[2])
+  redis.call('EXPIRE', KEYS[3 * l - 2], 7200)
+  redis.call('INCR', KEYS[3 * l - 1])
+  redis.call('EXPIRE', KEYS[3 * l - 1], 120)
+  used[2 * l - 1] = used[2 * l - 1] + 1
+end
 for i = 1, budgets do
-  redis.call('HSET', KEYS[3 + 2 * i], ARGV[2], estimate .. ':' .. ARGV[3])
-  redis.call('EXPIRE', KEYS[3 + 2 * i], 7200)
+  redis.call('HSET', KEYS[base + 2 * i], ARGV[2], estimate .. ':' .. ARGV[3])
+  redis.call('EXPIRE', KEYS[base + 2 * i], 7200)
 end
-return {0, 0, rpm_used + 1, tpm_used, least or 0, least_index}
+return {0, 0, used, least or 0, least_index}
 """
 
-# KEYS: slots, tpm, then (spend, reservations) per budget; ARGV: ticket, tokens, cost units.
-# A spend counter that vanished stays missing: the next admission rebuilds it from the ledger.
+# KEYS: (slots, tpm) per layer, then (spend, reservations) per budget; ARGV: ticket, tokens,
+# cost units, layers. A spend counter that vanished stays missing: the next admission
+# rebuilds it from the ledger.
 SETTLE_SCRIPT = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-if tonumber(ARGV[2]) > 0 then
-  redis.call('INCRBY', KEYS[2], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], 120)
+local layers = tonumber(ARGV[4])
+for l = 1, layers do
+  redis.call('ZREM', KEYS[2 * l - 1], ARGV[1])
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('INCRBY', KEYS[2 * l], ARGV[2])
+    redis.call('EXPIRE', KEYS[2 * l], 120)
+  end
 end
-for i = 3, #KEYS, 2 do
+for i = 2 * layers + 1, #KEYS, 2 do
   redis.call('HDEL', KEYS[i + 1], ARGV[1])
   if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[3]) end
 end
@@ -304,43 +353,36 @@ class RedisLimiter:
         now = time.time() if now is None else now
         ticket = Ticket(new_id(), policy, int(now // 60), estimate)
         ticket.budgets = policy.budgets if billed else ()
+        ticket.limits = policy.limits
         if not policy.limited:
             ticket.released = True  # nothing to count or release
             return ticket
         ticket.budget_keys = [budget_keys(b, now) for b in ticket.budgets]
         admit_script, _ = self._scripts.get()
-        keys = [
-            f"{PREFIX}slots:{policy.key_id}",
-            f"{PREFIX}rpm:{policy.key_id}:{ticket.minute}",
-            f"{PREFIX}tpm:{policy.key_id}:{ticket.minute}",
-            *(name for pair in ticket.budget_keys for name in pair),
-        ]
-        args = [
-            now,
-            ticket.id,
-            now + HOLD_TTL,
-            _limit(policy.max_concurrent),
-            _limit(policy.rpm),
-            _limit(policy.tpm),
-            estimate,
-            *(to_units(b.limit_usd) for b in ticket.budgets),
-        ]
+        keys = [name for limits in ticket.limits for name in counter_names(limits, ticket.minute)]
+        keys += [name for pair in ticket.budget_keys for name in pair]
+        args = [now, ticket.id, now + HOLD_TTL, estimate, len(ticket.limits)]
+        for limits in ticket.limits:
+            args += [_limit(limits.max_concurrent), _limit(limits.rpm), _limit(limits.tpm)]
+        args += [to_units(b.limit_usd) for b in ticket.budgets]
         for _attempt in range(3):
-            code, index, rpm_used, tpm_used, least, least_index = await admit_script(
-                keys=keys, args=args
-            )
+            code, index, used, least, least_index = await admit_script(keys=keys, args=args)
             if code != 9:
                 break
             await self._rebuild(ticket.budgets[index - 1], ticket.budget_keys[index - 1][0], now)
-        ticket.state = State(int(rpm_used), int(tpm_used))
+        # A layer that refused ends the list: the layers after it were not looked at.
+        for layer, limits in enumerate(ticket.limits[: len(used) // 2]):
+            _note_usage(ticket.state, limits, int(used[2 * layer]), int(used[2 * layer + 1]))
         if least_index:
             _tightest(ticket.state, ticket.budgets[least_index - 1], int(least))
         if code == 0:
             return ticket
         if code == 9:
             raise ProxyError(ErrorKind.INTERNAL, "The spend ledger is unavailable; try again.")
-        budget = ticket.budgets[index - 1] if code == 4 else None
-        raise _refusal(code, ticket, now, budget)
+        if code == 4:
+            ticket.state.budget = ticket.budgets[index - 1]
+            ticket.state.budget_left_units = int(least)
+        raise _refusal(code, ticket, now, index - 1)
 
     async def _rebuild(self, budget: Budget, counter: str, now: float) -> None:
         spent = await ledger_spend(budget, now)
@@ -351,10 +393,13 @@ class RedisLimiter:
             return
         ticket.released = True
         _, settle_script = self._scripts.get()
-        key_id = ticket.policy.key_id
-        keys = [f"{PREFIX}slots:{key_id}", f"{PREFIX}tpm:{key_id}:{ticket.minute}"]
-        budget_keys = [name for pair in ticket.budget_keys for name in pair]
-        await settle_script(keys=[*keys, *budget_keys], args=[ticket.id, tokens, to_units(cost)])
+        keys = []
+        for limits in ticket.limits:
+            slots, _, tpm = counter_names(limits, ticket.minute)
+            keys += [slots, tpm]
+        keys += [name for pair in ticket.budget_keys for name in pair]
+        args = [ticket.id, tokens, to_units(cost), len(ticket.limits)]
+        await settle_script(keys=keys, args=args)
 
 
 def _limit(value: int | None) -> int:

@@ -69,10 +69,11 @@ async def authenticate(incoming: Incoming) -> KeyPolicy:
             break
     else:
         raise ProxyError(ErrorKind.AUTHENTICATION, "Invalid API key.")
+    what = "API key" if policy.key_id is not None else "sign-in"
     if policy.revoked:
-        raise ProxyError(ErrorKind.AUTHENTICATION, "This API key has been revoked.")
+        raise ProxyError(ErrorKind.AUTHENTICATION, f"This {what} has been revoked.")
     if policy.expired(time.time()):
-        raise ProxyError(ErrorKind.AUTHENTICATION, "This API key has expired.")
+        raise ProxyError(ErrorKind.AUTHENTICATION, f"This {what} has expired.")
     return policy
 
 
@@ -127,7 +128,7 @@ async def prepare(incoming: Incoming, protocol: Protocol, endpoint: Endpoint) ->
     policy = await authenticate(incoming)
     info = protocol.inspect(endpoint, protocol.read(incoming.body), incoming.headers)
     info.held_references += protocol.held_references(incoming.body)
-    info.held_prompt_tokens = held_context.tokens(policy.key_id, info)
+    info.held_prompt_tokens = held_context.tokens(policy.subject, info)
     authorize(policy, protocol, endpoint, info)
     catalog = await policies.catalog()
     provider, upstream_model, price = route(catalog, protocol, policy, info.model)

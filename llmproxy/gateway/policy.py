@@ -17,7 +17,8 @@ from fnmatch import fnmatchcase
 from django.conf import settings
 
 from accounts import keys
-from accounts.models import ApiKey
+from accounts.models import ApiKey, Person, SignInToken, Team
+from accounts.services import billed_team
 from billing import budgets
 from billing.budgets import Budget
 from billing.models import Price
@@ -31,42 +32,95 @@ def _matches(value: str, patterns: tuple[str, ...]) -> bool:
 
 
 @dataclass(frozen=True)
-class KeyPolicy:
-    key_id: int
-    name: str
-    prefix: str
-    owner_id: int | None
-    team_id: int | None
-    revoked: bool
-    expires_at: float | None  # unix time
-    allowed_models: tuple[str, ...]
-    allowed_endpoints: tuple[str, ...]
-    allowed_tools: tuple[str, ...]
-    allow_background: bool
-    rpm: int | None
-    tpm: int | None
-    max_concurrent: int | None
-    budgets: tuple[Budget, ...]
-    reserve_expected: bool = False
+class Limits:
+    """The rate limits of one layer (a key, a sign-in, a person, a team)."""
+
+    subject: str  # "key:12", "person:3", "team:5": names its counters
+    holder: str  # "This key", "Your account", "Your team": says whose limit refused
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrent: int | None = None
 
     @property
     def limited(self) -> bool:
-        """Does admission have anything to check or count for this key?"""
-        return bool(self.budgets) or any(
-            limit is not None for limit in (self.rpm, self.tpm, self.max_concurrent)
-        )
+        return any(limit is not None for limit in (self.rpm, self.tpm, self.max_concurrent))
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """What the credential a call came with may do: an API key or a sign-in token, with the
+    rules of the person it belongs to and of the team the call is billed to folded in. Every
+    layer must allow a call (docs/people.md)."""
+
+    key_id: int | None  # None for a sign-in token
+    name: str
+    prefix: str
+    person_id: int | None
+    team_id: int | None  # the team the call is billed to
+    revoked: bool
+    expires_at: float | None  # unix time
+    # Each non-empty tuple is one layer's patterns; a value must match every layer's.
+    model_rules: tuple[tuple[str, ...], ...]
+    endpoint_rules: tuple[tuple[str, ...], ...]
+    # Hosted tools: granted by the credential's own list (a key's), or for a sign-in by the
+    # person's or team's; each other layer that lists tools restricts them further.
+    tool_grants: tuple[str, ...]
+    tool_rules: tuple[tuple[str, ...], ...]
+    allow_background: bool
+    limits: tuple[Limits, ...]
+    budgets: tuple[Budget, ...]
+    reserve_expected: bool = False
+    credential: str = "key"  # "key", or the sign-in client ("claude_code", "cli")
+    subject: str = ""  # the credential, for sharing and context: "key:12", "login:<family>"
+
+    @property
+    def limited(self) -> bool:
+        """Does admission have anything to check or count for this credential?"""
+        return bool(self.budgets) or any(limits.limited for limits in self.limits)
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 
     def model_allowed(self, model: str) -> bool:
-        return not self.allowed_models or _matches(model, self.allowed_models)
+        return all(_matches(model, rule) for rule in self.model_rules)
 
     def endpoint_allowed(self, endpoint: str) -> bool:
-        return not self.allowed_endpoints or _matches(endpoint, self.allowed_endpoints)
+        return all(_matches(endpoint, rule) for rule in self.endpoint_rules)
 
     def hosted_tool_allowed(self, tool: str) -> bool:
-        return _matches(tool, self.allowed_tools)
+        return _matches(tool, self.tool_grants) and all(
+            _matches(tool, rule) for rule in self.tool_rules
+        )
+
+
+def _rules(*lists) -> tuple[tuple[str, ...], ...]:
+    """The layers' pattern lists that restrict (empty or unset ones do not)."""
+    return tuple(tuple(patterns) for patterns in lists if patterns)
+
+
+def _layers(person: Person | None, team: Team | None) -> list[tuple[str, object]]:
+    found: list[tuple[str, object]] = []
+    if person is not None:
+        found.append(("person", person))
+    if team is not None:
+        found.append(("team", team))
+    return found
+
+
+HOLDERS = {"person": "Your account", "team": "Your team"}
+
+
+def _key_limits(key: ApiKey, layers) -> tuple[Limits, ...]:
+    own = Limits(f"key:{key.pk}", "This key", key.rpm, key.tpm, key.max_concurrent)
+    return tuple([own, *_layer_limits(layers)] if own.limited else _layer_limits(layers))
+
+
+def _layer_limits(layers) -> list[Limits]:
+    limits = [
+        Limits(f"{scope}:{owner.pk}", HOLDERS[scope], owner.rpm, owner.tpm, owner.max_concurrent)
+        for scope, owner in layers
+    ]
+    return [limit for limit in limits if limit.limited]
 
 
 @dataclass(frozen=True)
@@ -128,27 +182,63 @@ class Catalog:
 
 
 def load_key_policy(digest: str) -> KeyPolicy | None:
-
-    key = ApiKey.objects.select_related("team").filter(digest=digest).first()
+    key = ApiKey.objects.select_related("team", "owner").filter(digest=digest).first()
     if key is None:
         return None
+    person = Person.objects.select_related("default_team").filter(pk=key.owner_id).first()
+    team = billed_team(key=key, person=person)
+    layers = _layers(person, team)
+    revoked = key.revoked_at is not None or (key.owner is not None and not key.owner.is_active)
     return KeyPolicy(
         key_id=key.pk,
         name=key.name,
         prefix=key.prefix,
-        owner_id=key.owner_id,
-        team_id=key.team_id,
-        revoked=key.revoked_at is not None,
+        person_id=key.owner_id,
+        team_id=team.pk if team is not None else None,
+        revoked=revoked,
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
-        allowed_models=tuple(key.allowed_models or ()),
-        allowed_endpoints=tuple(key.allowed_endpoints or ()),
-        allowed_tools=tuple(key.allowed_tools or ()),
+        model_rules=_rules(key.allowed_models, *(o.allowed_models for _, o in layers)),
+        endpoint_rules=_rules(key.allowed_endpoints, *(o.allowed_endpoints for _, o in layers)),
+        tool_grants=tuple(key.allowed_tools or ()),
+        tool_rules=_rules(*(o.allowed_tools for _, o in layers)),
         allow_background=key.allow_background,
-        rpm=key.rpm,
-        tpm=key.tpm,
-        max_concurrent=key.max_concurrent,
-        budgets=budgets.for_key(key),
+        limits=_key_limits(key, layers),
+        budgets=budgets.for_call(key=key, person=person, team=team),
         reserve_expected=key.reserve_mode == "expected",
+        subject=f"key:{key.pk}",
+    )
+
+
+def load_token_policy(digest: str) -> KeyPolicy | None:
+    token = (
+        SignInToken.objects.select_related("person")
+        .filter(digest=digest, kind=SignInToken.ACCESS)
+        .first()
+    )
+    if token is None:
+        return None
+    user = token.person
+    person = Person.objects.select_related("default_team").filter(pk=user.pk).first()
+    team = billed_team(key=None, person=person)
+    layers = _layers(person, team)
+    grants = next((o.allowed_tools for _, o in layers if o.allowed_tools is not None), None)
+    return KeyPolicy(
+        key_id=None,
+        name=f"{user.get_username()} ({token.get_client_display()})",
+        prefix=token.prefix,
+        person_id=user.pk,
+        team_id=team.pk if team is not None else None,
+        revoked=token.revoked_at is not None or not user.is_active,
+        expires_at=token.expires_at.timestamp(),
+        model_rules=_rules(*(o.allowed_models for _, o in layers)),
+        endpoint_rules=_rules(*(o.allowed_endpoints for _, o in layers)),
+        tool_grants=tuple(grants or ()),
+        tool_rules=_rules(*(o.allowed_tools for _, o in layers)),
+        allow_background=False,
+        limits=tuple(_layer_limits(layers)),
+        budgets=budgets.for_call(key=None, person=person, team=team),
+        credential=token.client,
+        subject=f"login:{token.family}",
     )
 
 
@@ -191,14 +281,19 @@ class PolicyCache:
         self._checked_at = float("-inf")
 
     async def key(self, secret: str) -> KeyPolicy | None:
-        if not keys.looks_like_key(secret):
+        """The policy of a virtual key or of a sign-in access token, or None."""
+        if keys.looks_like_key(secret):
+            loader = load_key_policy
+        elif keys.looks_like(secret, keys.ACCESS_MARKER):
+            loader = load_token_policy
+        else:
             return None
         await self._refresh()
         digest = keys.key_digest(secret)
         policy = self._keys.get(digest)
         if policy is not None or digest in self._unknown:
             return policy
-        policy = await dbthreads.run(load_key_policy, digest)
+        policy = await dbthreads.run(loader, digest)
         if policy is None:
             self._unknown[digest] = None
             while len(self._unknown) > _MAX_UNKNOWN:

@@ -8,13 +8,16 @@ import pytest
 from django.urls import reverse
 
 from accounts import services
-from accounts.models import ApiKey, ApiToken, Team
+from accounts.models import ApiKey, ApiToken, Person, SignInToken, Team
 from billing.models import BudgetAlert, Price, UsageEvent
 from llmproxy.gateway.models import ModelRoute, Provider
 
 pytestmark = pytest.mark.django_db
 
-MODELS = [Team, ApiKey, ApiToken, Provider, ModelRoute, Price, UsageEvent, BudgetAlert]
+MODELS = [
+    Team, ApiKey, ApiToken, Person, SignInToken, Provider, ModelRoute, Price, UsageEvent,
+    BudgetAlert,
+]  # fmt: skip
 
 
 def _url(model, view: str, *args) -> str:
@@ -27,7 +30,7 @@ def test_every_changelist_loads(admin_client, model):
     assert admin_client.get(_url(model, "changelist")).status_code == 200
 
 
-@pytest.mark.parametrize("model", [Team, ApiKey, Provider, ModelRoute, Price])
+@pytest.mark.parametrize("model", [Team, ApiKey, Person, Provider, ModelRoute, Price])
 def test_every_add_form_loads(admin_client, model):
     assert admin_client.get(_url(model, "add")).status_code == 200
 
@@ -200,3 +203,18 @@ def test_an_api_token_made_in_the_admin_is_shown_once_and_works(admin_client, al
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert api.get("/api/keys/").status_code == 200
+
+
+def test_revoking_a_sign_in_in_the_admin_ends_its_family(admin_client, alice):
+    from accounts import signin
+
+    issued = signin.issue(person=alice, client="claude_code")
+    token = SignInToken.objects.get(kind="access", family=issued.family)
+    response = admin_client.post(
+        _url(SignInToken, "changelist"),
+        {"action": "revoke_sign_ins", "_selected_action": [token.pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert not SignInToken.objects.filter(family=issued.family, revoked_at__isnull=True).exists()
+    assert admin_client.get(_url(SignInToken, "add")).status_code == 403

@@ -252,6 +252,7 @@ class OpenAIRoutes:
         self.websockets = True  # False: GET /v1/responses is a 404, like a provider without one
         self.ws_one_response = False  # True: close each websocket after one response (idle limit)
         self.ws_connections = 0
+        self.default: OpenAIReply | None = None  # the OpenAI answer when none is queued
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/responses", self.responses)
@@ -268,6 +269,7 @@ class OpenAIRoutes:
         return data if isinstance(data, dict) else {}
 
     def _next(self, fallback: OpenAIReply) -> OpenAIReply:
+        fallback = self.default or fallback
         reply = self.fake.next_reply(fallback)
         return reply if isinstance(reply, OpenAIReply) else fallback
 

@@ -272,6 +272,7 @@ class FakeProvider:
             self.openai.websockets = True
             self.openai.ws_connections = 0
             self.openai.ws_one_response = False
+            self.openai.default = None
             self.not_json = False
 
     def next_reply(self, fallback):

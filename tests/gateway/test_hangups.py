@@ -90,7 +90,16 @@ def cut_here(path: str, point: str, events: list[str]) -> bool:
     return finished
 
 
-async def hang_up_over_http(gateway, secret: str, path: str, point: str) -> int:
+async def request_arrived(fake) -> None:
+    """Until the fake provider has the request (or its websocket frame)."""
+    for _ in range(500):
+        if any(r.method == "POST" for r in fake.requests) or fake.ws_frames:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the request never reached the provider")
+
+
+async def hang_up_over_http(gateway, fake, secret: str, path: str, point: str) -> int:
     """Send the request on a raw socket, read events until ``point``, then close. Returns
     the content events the client got, or -1 when the gateway refused the request."""
     target = {"messages": "/v1/messages", "chat": "/v1/chat/completions"}.get(path, "/v1/responses")
@@ -106,7 +115,7 @@ async def hang_up_over_http(gateway, secret: str, path: str, point: str) -> int:
     await writer.drain()
     received = ""
     if point == "before-first-byte":
-        await asyncio.sleep(0.05)  # the request is in; the fake waits 0.3 s to answer
+        await request_arrived(fake)  # the provider has it; it waits 0.3 s to answer
     while not cut_here(path, point, received.split("\n\n")[:-1]):
         chunk = await asyncio.wait_for(reader.read(65536), 10)
         assert chunk, f"the answer ended before {point}: {received[-300:]}"
@@ -121,7 +130,7 @@ async def hang_up_over_http(gateway, secret: str, path: str, point: str) -> int:
     )
 
 
-async def hang_up_over_websocket(gateway, secret: str, path: str, point: str) -> int:
+async def hang_up_over_websocket(gateway, fake, secret: str, path: str, point: str) -> int:
     url = gateway.url.replace("http://", "ws://") + "/v1/responses"
     headers = {"Authorization": f"Bearer {secret}"}
     frame = {"type": "response.create", **orjson.loads(request_body(path))}
@@ -130,7 +139,7 @@ async def hang_up_over_websocket(gateway, secret: str, path: str, point: str) ->
     async with websockets.connect(url, additional_headers=headers) as socket:
         await socket.send(orjson.dumps(frame))
         if point == "before-first-byte":
-            await asyncio.sleep(0.05)
+            await request_arrived(fake)
         while not cut_here(path, point, seen):
             seen.append(await asyncio.wait_for(socket.recv(), 10))
             if seen[-1].startswith('{"type":"error"'):
@@ -152,9 +161,9 @@ def hang_up(gateway, fake, openai_provider, provider, make_key):
         fake.enqueue(answer(path, point))
         secret = await sync_to_async(make_key)()
         if path.startswith("ws-"):
-            seen = await hang_up_over_websocket(gateway, secret, "responses", point)
+            seen = await hang_up_over_websocket(gateway, fake, secret, "responses", point)
         else:
-            seen = await hang_up_over_http(gateway, secret, path, point)
+            seen = await hang_up_over_http(gateway, fake, secret, path, point)
         return seen, "anthropic" if path == "messages" else "openai"
 
     return run
@@ -244,9 +253,9 @@ def test_hanging_up_before_the_usage_event_buys_no_extra_answers(
 
     async def one() -> bool:
         if path.startswith("ws-"):
-            seen = await hang_up_over_websocket(gateway, secret, body_path, "before-usage")
+            seen = await hang_up_over_websocket(gateway, fake, secret, body_path, "before-usage")
         else:
-            seen = await hang_up_over_http(gateway, secret, path, "before-usage")
+            seen = await hang_up_over_http(gateway, fake, secret, path, "before-usage")
         return seen == TOKENS  # -1: refused
 
     async def rounds() -> int:
