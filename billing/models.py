@@ -123,7 +123,10 @@ class UsageEvent(models.Model):
     upstream_model = models.CharField(max_length=200, blank=True)
     endpoint = models.CharField(max_length=200)
     client = models.CharField(max_length=40, blank=True, db_index=True)
-    session_id = models.CharField(max_length=100, blank=True)
+    session_id = models.CharField(max_length=100, blank=True, db_index=True)
+    agent_id = models.CharField(
+        max_length=100, blank=True, help_text="A subagent (Claude Code) or thread (Codex)."
+    )
     status = models.PositiveSmallIntegerField(default=0)
     kind = models.CharField(max_length=16, choices=UsageKind.choices, default=UsageKind.TURN)
     input_tokens = models.PositiveBigIntegerField(default=0)

@@ -31,6 +31,7 @@ LENGTHS = {
     "endpoint": 200,
     "client": 40,
     "session_id": 100,
+    "agent_id": 100,
     "kind": 16,
     "credential": 40,
     "error": 2000,
@@ -50,6 +51,7 @@ class UsageRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     upstream_model: str = ""
     client: str = ""
     session_id: str = ""
+    agent_id: str = ""
     status: int = 0
     kind: str = "turn"
     input_tokens: int = 0

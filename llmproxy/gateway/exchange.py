@@ -366,6 +366,7 @@ class Exchange:
             "endpoint": self.incoming.path,
             "client": client_name(self.incoming),
             "session_id": self.info.session_id,
+            "agent_id": self.info.agent_id,
             "status": status,
             "kind": self.info.kind,
             "latency_ms": int((ended - self.started) * 1000),

@@ -15,7 +15,7 @@ from accounts import services as key_services
 from accounts import signin
 from accounts.models import Person, Team
 from billing.models import UsageEvent
-from tests.fakes import MODEL
+from tests.fakes import MODEL, OPENAI_MODEL
 from tests.fakes import fake_openai as fo
 from tests.fakes import fake_provider as fu
 from tests.gateway.test_budget_proof import (
@@ -174,3 +174,22 @@ def test_a_person_budget_holds_across_a_claude_code_sign_in_a_codex_sign_in_and_
     spent = sum((e.cost_usd for e in UsageEvent.objects.all()), Decimal(0))
     assert spent <= budget
     assert budget - spent < max(RESERVATION, RESPONSES_RESERVATION)  # no room left unused
+
+
+def test_usage_records_the_session_and_the_subagent(gateway, fake, provider, openai_provider,
+                                                    alice_person, recorded):  # fmt: skip
+    fake.set_default(fu.text("ok"))
+    token = signin.issue(person=alice_person.user, client="claude_code").access_token
+    headers = {"authorization": f"Bearer {token}", "x-claude-code-session-id": "sess-1",
+               "x-claude-code-agent-id": "agent-7"}  # fmt: skip
+    httpx.post(gateway.url + "/v1/messages", json=MESSAGE, headers=headers).raise_for_status()
+    codex = {"authorization": f"Bearer {token}", "session-id": "sess-2", "thread-id": "thr-3"}
+    body = {"model": OPENAI_MODEL, "input": "hi"}
+    httpx.post(gateway.url + "/v1/responses", json=body, headers=codex).raise_for_status()
+    first, second = recorded(2)
+    assert (first.session_id, first.agent_id) == ("sess-1", "agent-7")
+    assert (second.session_id, second.agent_id) == ("sess-2", "thr-3")
+    assert (
+        fake.requests[0].headers
+        and dict(fake.requests[0].headers).get("x-claude-code-agent-id") == "agent-7"
+    )  # forwarded: the provider may use it too

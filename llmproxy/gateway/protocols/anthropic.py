@@ -78,11 +78,15 @@ def hosted_tools(data: dict) -> tuple[list[str], dict[str, int]]:
     return found, limits
 
 
-def session_id(data: dict, headers: Headers) -> str:
-    for name, value in headers:
-        if name == b"x-claude-code-session-id":
+def header_text(headers: Headers, name: bytes) -> str:
+    for key, value in headers:
+        if key == name:
             return value.decode("latin-1")[:100]
     return ""
+
+
+def session_id(data: dict, headers: Headers) -> str:
+    return header_text(headers, b"x-claude-code-session-id")
 
 
 def read_usage(tap: Tap, usage: dict[str, Any]) -> None:
@@ -187,6 +191,7 @@ class Anthropic(Protocol):
             b"accept",
             b"x-app",
             b"x-claude-code-session-id",
+            b"x-claude-code-agent-id",
             b"anthropic-dangerous-direct-browser-access",
         }
     )
@@ -214,6 +219,7 @@ class Anthropic(Protocol):
             hosted_tool_limits=limits,
             kind=endpoint.kind,
             session_id=session_id(data, headers),
+            agent_id=header_text(headers, b"x-claude-code-agent-id"),
         )
 
     def tap(self, streaming: bool, info: RequestInfo | None = None, endpoint=None) -> Tap:

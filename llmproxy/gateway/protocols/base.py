@@ -41,6 +41,7 @@ class RequestInfo:
     hosted_tool_limits: dict[str, int] = field(default_factory=dict)
     kind: str = "turn"
     session_id: str = ""
+    agent_id: str = ""  # a subagent (Claude Code) or thread (Codex) within the session
     container_memory: str = "1g"  # OpenAI code interpreter containers are priced by size
     background: bool = False
     include_usage: bool = False  # a chat completions client asked for the usage chunk

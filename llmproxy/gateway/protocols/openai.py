@@ -378,6 +378,7 @@ class OpenAI(Protocol):
             hosted_tools=tools,
             kind=kind,
             session_id=header_value(headers, b"session-id") or header_value(headers, b"session_id"),
+            agent_id=header_value(headers, b"thread-id"),
             container_memory=memory,
             background=data.get("background") is True,
             include_usage=wants_usage(data),
