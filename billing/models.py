@@ -26,6 +26,15 @@ class Price(models.Model):
     """
 
     model_pattern = models.CharField(max_length=200)
+    provider = models.ForeignKey(
+        "llmproxy.Provider",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="prices",
+        help_text="This provider's own price for the models (a cloud's price can differ); "
+        "empty: the price on every provider of the kind.",
+    )
     provider_kind = models.CharField(
         max_length=16,
         blank=True,
@@ -56,8 +65,15 @@ class Price(models.Model):
         ordering = ["model_pattern", "provider_kind"]
         constraints = [
             models.UniqueConstraint(
-                fields=["provider_kind", "model_pattern"], name="one_price_per_kind_and_pattern"
-            )
+                fields=["provider_kind", "model_pattern"],
+                condition=models.Q(provider__isnull=True),
+                name="one_price_per_kind_and_pattern",
+            ),
+            models.UniqueConstraint(
+                fields=["provider", "model_pattern"],
+                condition=models.Q(provider__isnull=False),
+                name="one_price_per_provider_and_pattern",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -129,6 +145,9 @@ class UsageEvent(models.Model):
     )
     status = models.PositiveSmallIntegerField(default=0)
     kind = models.CharField(max_length=16, choices=UsageKind.choices, default=UsageKind.TURN)
+    attempts = models.PositiveSmallIntegerField(
+        default=1, help_text="Upstream attempts the call took (failover, overload retries)."
+    )
     input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
     cache_read_tokens = models.PositiveBigIntegerField(default=0)

@@ -35,6 +35,7 @@ class ModelPrice:
     tool_prices: dict[str, Decimal]
     container_prices: dict[str, Decimal]
     default_max_output_tokens: int | None
+    provider_id: int | None = None  # a provider's own price (a cloud's can differ)
 
     def rates_for(self, usage: Usage) -> Rates:
         threshold = self.long_context_threshold
@@ -88,23 +89,30 @@ class PriceBook:
         self._prices = sorted(prices, key=lambda p: specificity(p.pattern))
         self._found: dict[tuple[str, str], ModelPrice | None] = {}
 
-    def find(self, model: str, kind: str) -> ModelPrice | None:
-        """The most specific price for ``model`` on a provider of ``kind`` (a row without a
-        kind applies to every kind)."""
+    def find(self, model: str, kind: str, provider_id: int | None = None) -> ModelPrice | None:
+        """The most specific price for ``model`` on a provider of ``kind``: the provider's
+        own row if it has one, else a row of the kind (a row without a kind applies to every
+        kind)."""
         try:
-            return self._found[model, kind]
+            return self._found[model, kind, provider_id]
         except KeyError:
             pass
-        match = next(
-            (
-                p
-                for p in self._prices
-                if p.provider_kind in (kind, "") and fnmatchcase(model, p.pattern)
-            ),
-            None,
+        own = (
+            p
+            for p in self._prices
+            if p.provider_id == provider_id and fnmatchcase(model, p.pattern)
         )
+        general = (
+            p
+            for p in self._prices
+            if p.provider_id is None
+            and p.provider_kind in (kind, "")
+            and fnmatchcase(model, p.pattern)
+        )
+        match = next(own, None) if provider_id is not None else None
+        match = match or next(general, None)
         if len(self._found) < 10_000:  # model names come from clients: bound the memo
-            self._found[model, kind] = match
+            self._found[model, kind, provider_id] = match
         return match
 
     def kinds_of(self, model: str) -> set[str]:
@@ -131,6 +139,7 @@ def model_price(row) -> ModelPrice:
     return ModelPrice(
         pattern=row.model_pattern,
         provider_kind=row.provider_kind,
+        provider_id=row.provider_id,
         base=_rates(row),
         long_context_threshold=row.long_context_threshold,
         long=_rates(row, "long_") if has_long else None,

@@ -54,6 +54,7 @@ class UsageRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     agent_id: str = ""
     status: int = 0
     kind: str = "turn"
+    attempts: int = 1
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
@@ -86,6 +87,7 @@ class UsageRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         ):  # fmt: skip
             values[name] = clamp(values[name], BIGINT_MAX, name, notes)
         values["status"] = clamp(values["status"], SMALLINT_MAX, "status", notes)
+        values["attempts"] = clamp(values["attempts"], SMALLINT_MAX, "attempts", notes)
         values["latency_ms"] = clamp(values["latency_ms"], INT_MAX, "latency_ms", notes)
         if values["ttft_ms"] is not None:
             values["ttft_ms"] = clamp(values["ttft_ms"], INT_MAX, "ttft_ms", notes)

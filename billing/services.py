@@ -81,7 +81,10 @@ def load_prices(path: Path = PRICES_FILE) -> tuple[int, int]:
     for pattern, fields in _read_price_file(path):
         fields = dict(fields)
         _, was_created = Price.objects.update_or_create(
-            model_pattern=pattern, provider_kind=fields.pop("provider_kind"), defaults=fields
+            model_pattern=pattern,
+            provider_kind=fields.pop("provider_kind"),
+            provider=None,
+            defaults=fields,
         )
         created += was_created
         updated += not was_created
@@ -101,7 +104,7 @@ def add_shipped_prices(*, using: str = DEFAULT_DB_ALIAS, model: type[Price] = Pr
     database flush).
     ``model`` may be the migration state's Price."""
     prices = model._default_manager.using(using)
-    known = set(prices.values_list("provider_kind", "model_pattern"))
+    known = set(prices.filter(provider__isnull=True).values_list("provider_kind", "model_pattern"))
     columns = {field.name for field in model._meta.concrete_fields}
     fresh = [
         model(

@@ -209,6 +209,14 @@ LLMPROXY_ACCESS_TOKEN_SECONDS = env_int(ENV, "LLMPROXY_ACCESS_TOKEN_SECONDS", 36
 LLMPROXY_REFRESH_TOKEN_SECONDS = env_int(
     ENV, "LLMPROXY_REFRESH_TOKEN_SECONDS", 30 * 86_400, minimum=300
 )
+# Failover and overload: a provider that failed this many times in a row before its first
+# byte is skipped for this long; 429/503/529 answers are retried (with jitter, across the
+# route's providers) for at most LLMPROXY_RETRY_SECONDS; a Retry-After longer than
+# LLMPROXY_RETRY_AFTER_PASS_ON is passed to the client instead of waited for.
+LLMPROXY_BREAKER_FAILURES = env_int(ENV, "LLMPROXY_BREAKER_FAILURES", 5, minimum=1)
+LLMPROXY_BREAKER_SECONDS = env_float(ENV, "LLMPROXY_BREAKER_SECONDS", 30.0, minimum=0.0)
+LLMPROXY_RETRY_SECONDS = env_float(ENV, "LLMPROXY_RETRY_SECONDS", 8.0, minimum=0.0)
+LLMPROXY_RETRY_AFTER_PASS_ON = env_float(ENV, "LLMPROXY_RETRY_AFTER_PASS_ON", 60.0, minimum=0.0)
 # A client that hangs up before its answer ended: read on this long for the provider's own
 # usage figure (sending nothing), then stop and record an estimate.
 LLMPROXY_ABANDONED_READ_SECONDS = env_float(

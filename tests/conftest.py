@@ -205,3 +205,13 @@ def sink():
 
     with ProxySink() as proxy_sink:
         yield proxy_sink
+
+
+@pytest.fixture(autouse=True)
+def _fresh_circuit_breakers():
+    """Provider ids repeat across tests: no breaker state may carry over from one to the next."""
+    from llmproxy.gateway import failover
+
+    failover.breaker.reset()
+    yield
+    failover.breaker.reset()

@@ -32,3 +32,6 @@ DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
 
 # Hang-ups: tests that depend on how long an abandoned call reads on set it themselves.
 LLMPROXY_ABANDONED_READ_SECONDS = 0.3
+
+# Provider failures answer at once (the failover and overload tests set their own budget).
+LLMPROXY_RETRY_SECONDS = 0.0

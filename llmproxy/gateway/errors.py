@@ -18,6 +18,8 @@ class ErrorKind(Enum):
     UPSTREAM_CREDENTIAL = (502, False)
     UPSTREAM_UNAVAILABLE = (502, True)
     UPSTREAM_TIMEOUT = (504, True)
+    UPSTREAM_BUSY = (503, True)  # the provider is unavailable for now
+    UPSTREAM_OVERLOADED = (529, True)  # Anthropic's overloaded (OpenAI clients get 503)
     INTERNAL = (500, True)
 
     @property

@@ -22,14 +22,15 @@ from decimal import Decimal
 from typing import Any
 
 from billing import reservations
-from billing.pricing import ModelPrice
+from billing.pricing import ModelPrice, PriceBook
 from billing.records import UsageRecord
 from llmproxy.core.ids import new_id
 from llmproxy.gateway import upstream
 from llmproxy.gateway.context import held_context
+from llmproxy.gateway.kinds import ClientRequest, UpstreamRequest, kind_of
 from llmproxy.gateway.limits import Ticket, limiter, state_headers
 from llmproxy.gateway.messages import Incoming
-from llmproxy.gateway.policy import KeyPolicy, ProviderInfo
+from llmproxy.gateway.policy import Candidate, KeyPolicy, ProviderInfo
 from llmproxy.gateway.protocols.base import (
     Endpoint,
     Headers,
@@ -71,7 +72,8 @@ def client_name(incoming: Incoming) -> str:
 
 
 def upstream_headers(protocol: Protocol, provider: ProviderInfo, client: Headers) -> Headers:
-    """The client's headers by allow-list, the protocol's defaults, the provider's credential.
+    """The client's headers by allow-list, the protocol's defaults, the provider's extra
+    headers; the provider's kind adds its credential (gateway/kinds).
 
     The client's own credential is never among them: it is not on any allow-list.
     """
@@ -81,7 +83,6 @@ def upstream_headers(protocol: Protocol, provider: ProviderInfo, client: Headers
     present = {name for name, _ in headers}
     headers += [h for h in protocol.default_headers() if h[0] not in present]
     headers += [(k.encode(), v.encode()) for k, v in provider.extra_headers]
-    headers += protocol.credential_headers(provider)
     return headers
 
 
@@ -95,18 +96,18 @@ class Exchange:
         endpoint: Endpoint,
         policy: KeyPolicy,
         info: RequestInfo,
-        provider: ProviderInfo,
-        upstream_model: str,
-        price: ModelPrice | None,
+        candidates: list[Candidate],
+        prices: PriceBook,
     ) -> None:
         self.incoming = incoming
         self.protocol = protocol
         self.endpoint = endpoint
         self.policy = policy
         self.info = info
-        self.provider = provider
-        self.upstream_model = upstream_model
-        self.price = price
+        self.candidates = candidates  # who may serve it, in route order (forwarding.py)
+        self.prices = prices
+        self.attempts = 1  # upstream attempts this call took (failover, overload retries)
+        self.use(candidates[0])
         self.ticket: Ticket | None = None
         self.request_id = new_id()
         self.created_at = datetime.now(UTC)
@@ -127,12 +128,27 @@ class Exchange:
 
     # --- the request ------------------------------------------------------------------------
 
-    def upstream_request(self) -> tuple[str, list[tuple[bytes, bytes]], bytes]:
-        protocol, provider = self.protocol, self.provider
-        url = provider.base_url + self.endpoint.upstream_path
-        if self.incoming.query:
-            url += "?" + self.incoming.query.decode("latin-1")
-        headers = upstream_headers(protocol, provider, self.incoming.headers)
+    def use(self, candidate: Candidate) -> None:
+        """Send the next attempt to ``candidate``: its provider, its name for the model,
+        and that provider's price for it."""
+        self.provider = candidate.provider
+        self.upstream_model = candidate.upstream_model
+        self.kind = kind_of(candidate.provider.kind)
+        self.price = self.price_at(candidate)
+
+    def price_at(self, candidate: Candidate) -> ModelPrice | None:
+        kind, provider_id = self.protocol.provider_kind, candidate.provider.id
+        return self.prices.find(candidate.upstream_model, kind, provider_id) or self.prices.find(
+            self.info.model, kind, provider_id
+        )
+
+    def affinity(self) -> str:
+        """What keeps a session on one provider: its session id, else the credential."""
+        return self.info.session_id or self.policy.subject
+
+    async def upstream_request(self) -> UpstreamRequest:
+        protocol = self.protocol
+        headers = upstream_headers(protocol, self.provider, self.incoming.headers)
         # Identity encoding: the taps read the bytes they relay.
         headers.append((b"accept-encoding", b"identity"))
         body = self.incoming.body
@@ -142,7 +158,16 @@ class Exchange:
             data = parse_json_object(body)
             self.rewrite(data)
             body = dump_json(data)
-        return url, headers, body
+        request = ClientRequest(
+            method=self.incoming.method,
+            path=self.endpoint.upstream_path,
+            query=self.incoming.query.decode("latin-1"),
+            headers=headers,
+            body=body,
+            model=self.upstream_model,
+            stream=self.info.stream,
+        )
+        return await self.kind.prepare(self.provider, request)
 
     def rewrite(self, data: dict) -> None:
         """The changes the gateway makes to a request (in place): the routed model name and
@@ -191,20 +216,33 @@ class Exchange:
         )
 
     def reservation_units(self) -> int:
-        """The cost to hold against the key's and team's budgets while this call runs."""
-        if self.price is None or not self.policy.budgets or not self.endpoint.billed:
+        """The cost to hold against the call's budgets while it runs: at the dearest price of
+        the providers it may fail over to."""
+        if not self.policy.budgets or not self.endpoint.billed:
             return 0
         declared = self.declared()
-        return reservations.reserve(self.price, declared, expected=self.policy.reserve_expected)
+        prices = {id(p): p for c in self.candidates if (p := self.price_at(c)) is not None}
+        return max(
+            (
+                reservations.reserve(price, declared, expected=self.policy.reserve_expected)
+                for price in prices.values()
+            ),
+            default=0,
+        )
 
     # --- the answer ---------------------------------------------------------------------------
 
-    def reply_headers(self, upstream_headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    def reply_headers(
+        self, upstream_headers: Iterable[tuple[bytes, bytes]], status: int | None = None
+    ) -> Headers:
         protocol = self.protocol
         headers = upstream.pick_headers(
             upstream_headers, protocol.response_headers, protocol.response_header_prefixes
         )
         headers.append((b"x-llmproxy-request-id", self.request_id.encode()))
+        if status is not None:
+            # The provider's own status: tells a gateway refusal from a provider failure.
+            headers.append((b"x-llmproxy-upstream-status", str(status).encode()))
         if self.ticket is not None and self.ticket.policy.limited:
             now = time.time()
             headers += [
@@ -369,6 +407,7 @@ class Exchange:
             "agent_id": self.info.agent_id,
             "status": status,
             "kind": self.info.kind,
+            "attempts": self.attempts,
             "latency_ms": int((ended - self.started) * 1000),
             "ttft_ms": int((first - self.started) * 1000) if first else None,
         }

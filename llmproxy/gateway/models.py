@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from llmproxy.core import crypto
 
 
 class ProviderKind(models.TextChoices):
+    """How the gateway reaches a provider: its API, its authentication, its request shape."""
+
     ANTHROPIC = "anthropic", "Anthropic Messages API"
     OPENAI = "openai", "OpenAI Responses / Chat Completions API"
+    BEDROCK = "bedrock", "AWS Bedrock (Claude, Anthropic Messages)"
+    VERTEX = "vertex", "Google Vertex AI (Claude, Anthropic Messages)"
+    AZURE = "azure", "Azure OpenAI / Microsoft Foundry (Responses, Chat)"
+
+
+# The wire protocol clients speak to the gateway for each provider kind.
+PROTOCOL_OF = {
+    ProviderKind.ANTHROPIC: "anthropic",
+    ProviderKind.OPENAI: "openai",
+    ProviderKind.BEDROCK: "anthropic",
+    ProviderKind.VERTEX: "anthropic",
+    ProviderKind.AZURE: "openai",
+}
 
 
 class Provider(models.Model):
@@ -29,6 +45,13 @@ class Provider(models.Model):
         "GET {base URL}/v1/responses (OpenAI's does). Codex's websocket sessions then hold one "
         "upstream socket each; otherwise each turn is bridged to HTTP streaming.",
     )
+    options = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='What the kind needs besides the URL and credential, e.g. {"region": '
+        '"eu-central-1"} (Bedrock), {"project": "p", "region": "europe-west1"} (Vertex), '
+        '{"api_version": "2025-04-01-preview"} (Azure); docs/providers.md.',
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -41,6 +64,10 @@ class Provider(models.Model):
 
     def __repr__(self) -> str:
         return f"<Provider {self.name!r} {self.kind} {self.base_url}>"
+
+    @property
+    def protocol(self) -> str:
+        return PROTOCOL_OF[self.kind]
 
     @property
     def credential(self) -> str:
@@ -65,7 +92,26 @@ class ModelRoute(models.Model):
     upstream_model = models.CharField(
         max_length=200, blank=True, help_text="Model name sent upstream. Empty: unchanged."
     )
-    priority = models.IntegerField(default=100, help_text="Lower wins when several patterns match.")
+    priority = models.IntegerField(
+        default=100,
+        help_text="Lower goes first. Routes of the same priority share the traffic by weight; "
+        "the others are tried in turn when one fails before its first byte.",
+    )
+    weight = models.PositiveIntegerField(
+        default=1, help_text="Share of the traffic among routes of the same priority."
+    )
+    teams = models.ManyToManyField(
+        "accounts.Team",
+        blank=True,
+        related_name="model_routes",
+        help_text="Only calls billed to these teams take this route. Empty: every call.",
+    )
+    people = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="model_routes",
+        help_text="Only these people's calls take this route. Empty: everyone's.",
+    )
     enabled = models.BooleanField(default=True)
 
     class Meta:

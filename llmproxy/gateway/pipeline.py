@@ -13,16 +13,17 @@ import logging
 import time
 from decimal import Decimal
 
-import aiohttp
 import httpx
 
 from llmproxy.gateway import sharing, upstream
 from llmproxy.gateway.context import held_context
 from llmproxy.gateway.errors import ErrorKind, ProxyError
-from llmproxy.gateway.exchange import CLIENT_CLOSED, Exchange, client_name, upstream_headers
+from llmproxy.gateway.exchange import Exchange, client_name, upstream_headers
+from llmproxy.gateway.forwarding import forward
+from llmproxy.gateway.kinds import kind_of
 from llmproxy.gateway.limits import limiter
 from llmproxy.gateway.messages import Incoming, Reply, error_reply
-from llmproxy.gateway.policy import Catalog, KeyPolicy, policies
+from llmproxy.gateway.policy import Candidate, Catalog, KeyPolicy, policies
 from llmproxy.gateway.protocols.base import Endpoint, Protocol, RequestInfo
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ __all__ = [
     "authenticate",
     "client_name",
     "error_reply",
+    "forward",
     "handle",
     "list_models",
     "prepare",
@@ -99,10 +101,11 @@ def authorize(policy: KeyPolicy, protocol: Protocol, endpoint: Endpoint, info: R
     )
 
 
-def route(catalog: Catalog, protocol: Protocol, policy: KeyPolicy, model: str):
-    kind = protocol.provider_kind
-    found = catalog.route(model, kind)
-    if found is None:
+def route(catalog: Catalog, protocol: Protocol, policy: KeyPolicy, info) -> list[Candidate]:
+    """The providers that may serve the call, in route order."""
+    model, kind = info.model, protocol.provider_kind
+    found = catalog.candidates(model, kind, policy)
+    if not found:
         other = catalog.other_kind(model, kind)
         if other is not None:
             raise ProxyError(
@@ -111,16 +114,21 @@ def route(catalog: Catalog, protocol: Protocol, policy: KeyPolicy, model: str):
                 f"protocol. Send it to the {other} endpoint instead.",
             )
         raise ProxyError(ErrorKind.NOT_FOUND, f"No {kind} provider serves model {model!r}.")
-    provider, upstream_model = found
-    price = catalog.prices.find(upstream_model, kind) or catalog.prices.find(model, kind)
-    if price is None and policy.budgets:
+    if policy.budgets:
         # A budget cannot be kept for a model whose cost is unknown: refuse, don't guess.
-        raise ProxyError(
-            ErrorKind.PERMISSION,
-            f"Model {model!r} has no price, so budgeted keys may not use it yet; "
-            "an admin must add its price.",
-        )
-    return provider, upstream_model, price
+        priced = [
+            c for c in found
+            if catalog.prices.find(c.upstream_model, kind, c.provider.id)
+            or catalog.prices.find(model, kind, c.provider.id)
+        ]  # fmt: skip
+        if not priced:
+            raise ProxyError(
+                ErrorKind.PERMISSION,
+                f"Model {model!r} has no price, so budgeted keys may not use it yet; "
+                "an admin must add its price.",
+            )
+        found = priced
+    return found
 
 
 async def prepare(incoming: Incoming, protocol: Protocol, endpoint: Endpoint) -> Exchange:
@@ -131,119 +139,8 @@ async def prepare(incoming: Incoming, protocol: Protocol, endpoint: Endpoint) ->
     info.held_prompt_tokens = held_context.tokens(policy.subject, info)
     authorize(policy, protocol, endpoint, info)
     catalog = await policies.catalog()
-    provider, upstream_model, price = route(catalog, protocol, policy, info.model)
-    return Exchange(incoming, protocol, endpoint, policy, info, provider, upstream_model, price)
-
-
-# --- forward --------------------------------------------------------------------------------
-
-BUFFER_LIMIT = 8 * 1024 * 1024
-
-
-def buffered(response: httpx.Response) -> bool:
-    """Is this a non-streamed answer small enough to read whole before replying?"""
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
-        return False
-    length = response.headers.get("content-length", "")
-    return length.isdigit() and int(length) <= BUFFER_LIMIT
-
-
-def unreachable(exchange: Exchange, exc: Exception) -> ProxyError:
-    name = exchange.provider.name
-    if isinstance(exc, httpx.HTTPError) and upstream.is_timeout(exc):
-        return ProxyError(ErrorKind.UPSTREAM_TIMEOUT, f"Provider {name!r} did not answer in time.")
-    return ProxyError(
-        ErrorKind.UPSTREAM_UNAVAILABLE,
-        f"Provider {name!r} could not be reached ({type(exc).__name__}).",
-    )
-
-
-async def forward(exchange: Exchange) -> Reply:
-    protocol = exchange.protocol
-    try:
-        url, headers, body = exchange.upstream_request()
-    except ProxyError as error:
-        exchange.reached = False
-        await exchange.settle(error.kind.status, error=error.message, partial=False)
-        return error_reply(protocol, error)
-    try:
-        response = await upstream.get().send(exchange.incoming.method, url, headers, body)
-    except (httpx.HTTPError, aiohttp.ClientError) as exc:
-        error = unreachable(exchange, exc)
-        # A provider that took the request and then timed out may have billed for it.
-        exchange.reached = error.kind is ErrorKind.UPSTREAM_TIMEOUT
-        await exchange.settle(error.kind.status, error=upstream.describe(exc), partial=False)
-        return error_reply(protocol, error)
-    except BaseException:
-        # Cancelled (client gone) or a bug before the upstream answered: release the slot.
-        await exchange.settle(CLIENT_CLOSED, error="cancelled before reply", partial=True)
-        raise
-    if response.status_code == 401:
-        await response.aclose()
-        await exchange.settle(
-            502, error="provider rejected the gateway's credential (HTTP 401)", partial=False
-        )
-        return error_reply(
-            protocol,
-            ProxyError(
-                ErrorKind.UPSTREAM_CREDENTIAL,
-                f"The gateway's credential for provider {exchange.provider.name!r} was rejected "
-                "(HTTP 401). Your own key is fine; an admin must fix the provider's API key.",
-            ),
-        )
-    if response.status_code == 403:
-        return await refused_upstream(exchange, response)
-    exchange.status = response.status_code
-
-    async def release(complete: bool) -> None:
-        await response.aclose()
-
-    exchange.release = release
-    headers = exchange.reply_headers(response.headers.raw)
-    streaming = response.headers.get("content-type", "").startswith("text/event-stream")
-    exchange.tap = protocol.tap(streaming, exchange.info, exchange.endpoint)
-    broken = protocol.stream_error_event if streaming else None
-    relayed = exchange.relay(response.aiter_raw(), broken)
-    if not buffered(response):
-        return Reply(response.status_code, headers, stream=relayed, close=exchange.close)
-    # A JSON answer of known size goes out in one message with its length, as the provider
-    # sent it: one write to the client instead of a chunk per read plus a terminator.
-    try:
-        body = b"".join([chunk async for chunk in relayed])
-    except BaseException:
-        await exchange.close()  # the client left while the answer was read: settle it
-        raise
-    if not exchange.complete:
-        error = ProxyError(
-            ErrorKind.UPSTREAM_UNAVAILABLE,
-            f"The connection to provider {exchange.provider.name!r} broke mid-answer.",
-        )
-        await exchange.close(error.kind.status)
-        return error_reply(protocol, error)
-    return Reply(response.status_code, headers, body, close=exchange.close)
-
-
-async def refused_upstream(exchange: Exchange, response: httpx.Response) -> Reply:
-    """The provider refused the gateway's request (403): a permission, region or policy
-    refusal of the organisation's account, not of the client's key. Say what the provider
-    said, as a 502: a 403 would tell the client its own key is refused."""
-    try:
-        said = upstream.error_message(await response.aread())
-    except upstream.BROKEN:
-        said = ""
-    finally:
-        await response.aclose()
-    name = exchange.provider.name
-    await exchange.settle(502, error=f"provider refused the request (HTTP 403): {said}"[:500])
-    return error_reply(
-        exchange.protocol,
-        ProxyError(
-            ErrorKind.UPSTREAM_CREDENTIAL,
-            f"Provider {name!r} refused the gateway's request (HTTP 403)"
-            + (f": {said}" if said else ".")
-            + " Your own key is fine; an admin must check the provider account's access.",
-        ),
-    )
+    candidates = route(catalog, protocol, policy, info)
+    return Exchange(incoming, protocol, endpoint, policy, info, candidates, catalog.prices)
 
 
 # --- entry points ------------------------------------------------------------------------
@@ -293,10 +190,12 @@ async def _upstream_model_ids(catalog: Catalog, protocol: Protocol) -> list[str]
     provider = catalog.provider_for(protocol.provider_kind)
     if provider is None:
         return []
-    headers = [*protocol.default_headers(), *protocol.credential_headers(provider)]
+    request = kind_of(provider.kind).models_request(provider)
+    if request is None:
+        return []
     try:
-        response = await upstream.get().client.get(
-            provider.base_url + "/v1/models", headers=headers, params={"limit": 1000}
+        response = await upstream.get().client.request(
+            request.method, request.url, headers=request.headers
         )
         data = response.json().get("data", []) if response.status_code == 200 else []
         return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]

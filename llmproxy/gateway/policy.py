@@ -127,11 +127,16 @@ def _layer_limits(layers) -> list[Limits]:
 class ProviderInfo:
     id: int
     name: str
-    kind: str
+    kind: str  # how it is reached: anthropic, openai, bedrock, vertex, azure (gateway/kinds)
     base_url: str
     credential: str = field(repr=False)
     extra_headers: tuple[tuple[str, str], ...] = ()
     websockets: bool = False  # serves GET /v1/responses as a websocket
+    protocol: str = ""  # what its clients speak: anthropic or openai
+    options: tuple[tuple[str, object], ...] = ()  # the kind's settings (region, project, ...)
+
+    def option(self, name: str, default=None):
+        return dict(self.options).get(name, default)
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,27 @@ class Route:
     pattern: str
     provider: ProviderInfo
     upstream_model: str
+    priority: int = 100
+    weight: int = 1
+    teams: frozenset[int] = frozenset()  # only calls billed to these teams (empty: all)
+    people: frozenset[int] = frozenset()  # only these people's calls (empty: all)
+
+    def applies(self, model: str, policy: KeyPolicy | None) -> bool:
+        if not fnmatchcase(model, self.pattern):
+            return False
+        if self.teams and (policy is None or policy.team_id not in self.teams):
+            return False
+        return not self.people or (policy is not None and policy.person_id in self.people)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to serve a call: a provider, the model's name there, the route's order."""
+
+    provider: ProviderInfo
+    upstream_model: str
+    priority: int = 100
+    weight: int = 1
 
 
 class Catalog:
@@ -149,36 +175,44 @@ class Catalog:
         self.providers = providers
         self.prices = prices
 
-    def route(self, model: str, kind: str) -> tuple[ProviderInfo, str] | None:
-        """The provider of ``kind`` that serves ``model``, and the model's name there.
+    def candidates(
+        self, model: str, protocol: str, policy: KeyPolicy | None = None
+    ) -> list[Candidate]:
+        """The providers that may serve ``model`` for ``policy``'s caller, best first by
+        route priority (the order of equal ones is chosen per call: gateway/failover.py).
 
-        A route that names the model decides. Without one, the model goes to the first
-        enabled provider of the protocol, unless it is known as another kind's model (a
-        route or a price of another kind names it): ``gpt-5.5`` sent to the Messages API is
+        Routes that name the model decide. Without one, the model goes to the first enabled
+        provider of the protocol, unless it is known as another protocol's model (a route
+        or a price of another protocol names it): ``gpt-5.5`` sent to the Messages API is
         refused, not sent to Anthropic.
         """
-        for route in self.routes:
-            if route.provider.kind == kind and fnmatchcase(model, route.pattern):
-                return route.provider, route.upstream_model or model
-        if self.other_kind(model, kind) is not None:
-            return None
-        for provider in self.providers:
-            if provider.kind == kind:
-                return provider, model
-        return None
+        found = [
+            Candidate(r.provider, r.upstream_model or model, r.priority, r.weight)
+            for r in self.routes
+            if r.provider.protocol == protocol and r.applies(model, policy)
+        ]
+        if found or self.other_kind(model, protocol) is not None:
+            return found
+        first = self.provider_for(protocol)
+        return [Candidate(first, model)] if first is not None else []
 
-    def other_kind(self, model: str, kind: str) -> str | None:
-        """The kind ``model`` belongs to when that is not ``kind``, else None."""
+    def route(self, model: str, protocol: str) -> tuple[ProviderInfo, str] | None:
+        """The first candidate (callers that need one provider, not a failover list)."""
+        found = self.candidates(model, protocol)
+        return (found[0].provider, found[0].upstream_model) if found else None
+
+    def other_kind(self, model: str, protocol: str) -> str | None:
+        """The protocol ``model`` belongs to when that is not ``protocol``, else None."""
         for route in self.routes:
-            if route.provider.kind != kind and fnmatchcase(model, route.pattern):
-                return route.provider.kind
+            if route.provider.protocol != protocol and fnmatchcase(model, route.pattern):
+                return route.provider.protocol
         kinds = self.prices.kinds_of(model)
-        if kinds and kind not in kinds and "" not in kinds:
+        if kinds and protocol not in kinds and "" not in kinds:
             return sorted(kinds)[0]
         return None
 
-    def provider_for(self, kind: str) -> ProviderInfo | None:
-        return next((p for p in self.providers if p.kind == kind), None)
+    def provider_for(self, protocol: str) -> ProviderInfo | None:
+        return next((p for p in self.providers if p.protocol == protocol), None)
 
 
 def load_key_policy(digest: str) -> KeyPolicy | None:
@@ -242,8 +276,13 @@ def load_token_policy(digest: str) -> KeyPolicy | None:
     )
 
 
-def load_catalog() -> Catalog:
+def _route(row: ModelRoute, provider: ProviderInfo) -> Route:
+    teams = frozenset(team.pk for team in row.teams.all())
+    people = frozenset(person.pk for person in row.people.all())
+    return Route(row.pattern, provider, row.upstream_model, row.priority, row.weight, teams, people)
 
+
+def load_catalog() -> Catalog:
     providers = {
         row.pk: ProviderInfo(
             id=row.pk,
@@ -253,15 +292,17 @@ def load_catalog() -> Catalog:
             credential=row.credential,
             extra_headers=tuple((str(k), str(v)) for k, v in (row.extra_headers or {}).items()),
             websockets=row.websockets,
+            protocol=row.protocol,
+            options=tuple(sorted((row.options or {}).items())),
         )
         for row in Provider.objects.filter(enabled=True).order_by("pk")
     }
-    routes = [
-        Route(row.pattern, providers[row.provider_id], row.upstream_model)
-        for row in ModelRoute.objects.filter(enabled=True, provider__enabled=True).order_by(
-            "priority", "pk"
-        )
-    ]
+    rows = (
+        ModelRoute.objects.filter(enabled=True, provider__enabled=True)
+        .prefetch_related("teams", "people")
+        .order_by("priority", "pk")
+    )
+    routes = [_route(row, providers[row.provider_id]) for row in rows]
     prices = PriceBook([model_price(row) for row in Price.objects.all()])
     return Catalog(routes, list(providers.values()), prices)
 

@@ -30,6 +30,7 @@ from django.conf import settings
 from llmproxy.core.ids import new_id
 from llmproxy.gateway import pipeline, upstream
 from llmproxy.gateway.errors import ErrorKind, ProxyError
+from llmproxy.gateway.kinds import kind_of
 from llmproxy.gateway.messages import give_up
 from llmproxy.gateway.policy import ProviderInfo, policies
 from llmproxy.gateway.protocols import openai
@@ -246,7 +247,9 @@ class ResponsesSocket(AsyncConsumer):
         if not isinstance(model, str):
             return None
         found = (await policies.catalog()).route(model, openai.PROTOCOL.provider_kind)
-        if found is None or not found[0].websockets or found[0].id in self.bridged:
+        if found is None or found[0].id in self.bridged:
+            return None
+        if kind_of(found[0].kind).websocket(found[0], openai.RESPONSES.upstream_path) is None:
             return None
         return found[0]
 
@@ -254,8 +257,12 @@ class ResponsesSocket(AsyncConsumer):
         socket = self.upstreams.get(provider.id)
         if socket is not None and not socket.closed:
             return socket
-        url = provider.base_url.replace("http", "ws", 1) + openai.RESPONSES.upstream_path
+        found = kind_of(provider.kind).websocket(provider, openai.RESPONSES.upstream_path)
+        if found is None:  # this caller's route went to a provider without one
+            raise aiohttp.ClientError(f"provider {provider.name!r} has no Responses websocket")
+        url, credential = found
         headers = pipeline.upstream_headers(openai.PROTOCOL, provider, self.scope["headers"])
+        headers += credential
         async with asyncio.timeout(settings.LLMPROXY_CONNECT_TIMEOUT):
             socket = await upstream.get().websocket(url, headers)
         self.upstreams[provider.id] = socket

@@ -332,25 +332,27 @@ def test_unpriced_model_refused_for_budgeted_keys_only(gateway, fake, make_key, 
 
 
 @pytest.mark.parametrize(
-    ("status", "error_type", "exception"),
+    ("status", "answered", "error_type", "exception"),
     [
-        (429, "rate_limit_error", anthropic.RateLimitError),
-        (529, "overloaded_error", anthropic.APIStatusError),
-        (500, "api_error", anthropic.InternalServerError),
+        (429, 429, "rate_limit_error", anthropic.RateLimitError),
+        (529, 529, "overloaded_error", anthropic.APIStatusError),
+        (500, 502, "api_error", anthropic.APIStatusError),  # the status table: 500 -> 502
     ],
 )
-def test_upstream_errors_pass_through_with_retry_headers(
-    gateway, fake, make_key, recorded, status, error_type, exception
+def test_upstream_errors_keep_their_retry_semantics(
+    gateway, fake, make_key, recorded, status, answered, error_type, exception
 ):
     secret = make_key()
     fake.enqueue(fu.error(status, error_type, "upstream says no", headers={"retry-after": "7"}))
     with pytest.raises(exception) as raised:
         client(gateway, secret).messages.create(model=MODEL, max_tokens=5, messages=MESSAGES)
-    assert raised.value.status_code == status
+    assert raised.value.status_code == answered
     assert raised.value.body["error"]["type"] == error_type
+    assert "upstream says no" in raised.value.body["error"]["message"]
     assert raised.value.response.headers["retry-after"] == "7"
+    assert raised.value.response.headers["x-llmproxy-upstream-status"] == str(status)
     (event,) = recorded(1)
-    assert event.status == status and event.cost_usd == 0 and "upstream says no" in event.error
+    assert event.status == answered and event.cost_usd == 0 and "upstream says no" in event.error
 
 
 def test_upstream_credential_rejection_is_a_502_naming_the_provider(

@@ -178,7 +178,11 @@ async def test_given_up_at_once_the_estimate_is_never_below_what_the_client_got(
     seen, kind = await hang_up(path, point)
     (event,) = await sync_to_async(recorded)(1)
     inputs = true_input("responses" if path.startswith("ws-") else path)
-    assert event.estimated and event.partial, (event.estimated, event.partial, event.error)
+    if not event.estimated:
+        # The gateway read the usage event before it noticed the hang-up: the exact figure.
+        assert not event.partial and (event.input_tokens, event.output_tokens) == (inputs, TOKENS)
+        return
+    assert event.partial, event.error
     assert event.input_tokens >= inputs
     assert event.output_tokens >= seen
     assert event.output_tokens <= TOKENS * 4 // 3 + 1  # nothing generated beyond the answer

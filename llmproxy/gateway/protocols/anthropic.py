@@ -8,7 +8,6 @@ import msgspec
 import orjson
 
 from llmproxy.gateway.errors import ErrorKind, ProxyError
-from llmproxy.gateway.policy import ProviderInfo
 from llmproxy.gateway.protocols.base import (
     UNSET,
     Endpoint,
@@ -36,6 +35,8 @@ ERROR_TYPES = {
     ErrorKind.UPSTREAM_CREDENTIAL: "api_error",
     ErrorKind.UPSTREAM_UNAVAILABLE: "api_error",
     ErrorKind.UPSTREAM_TIMEOUT: "timeout_error",
+    ErrorKind.UPSTREAM_BUSY: "api_error",
+    ErrorKind.UPSTREAM_OVERLOADED: "overloaded_error",
     ErrorKind.INTERNAL: "api_error",
 }
 
@@ -224,9 +225,6 @@ class Anthropic(Protocol):
 
     def tap(self, streaming: bool, info: RequestInfo | None = None, endpoint=None) -> Tap:
         return AnthropicStreamTap() if streaming else JsonBodyTap(read_message)
-
-    def credential_headers(self, provider: ProviderInfo) -> Headers:
-        return [(b"x-api-key", provider.credential.encode())]
 
     def default_headers(self) -> Headers:
         return [(b"anthropic-version", b"2023-06-01")]

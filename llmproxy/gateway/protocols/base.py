@@ -11,7 +11,6 @@ import orjson
 
 from billing.usage import Usage
 from llmproxy.gateway.errors import ErrorKind, ProxyError
-from llmproxy.gateway.policy import ProviderInfo
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -254,9 +253,6 @@ class Protocol:
         raise NotImplementedError
 
     def tap(self, streaming: bool, info: RequestInfo, endpoint: Endpoint) -> Tap:
-        raise NotImplementedError
-
-    def credential_headers(self, provider: ProviderInfo) -> Headers:
         raise NotImplementedError
 
     def default_headers(self) -> Headers:

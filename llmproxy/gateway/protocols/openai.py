@@ -8,7 +8,6 @@ import msgspec
 import orjson
 
 from llmproxy.gateway.errors import ErrorKind, ProxyError
-from llmproxy.gateway.policy import ProviderInfo
 from llmproxy.gateway.protocols.base import (
     UNSET,
     Endpoint,
@@ -37,6 +36,8 @@ ERRORS = {
     ErrorKind.UPSTREAM_CREDENTIAL: ("server_error", "upstream_credential_rejected"),
     ErrorKind.UPSTREAM_UNAVAILABLE: ("server_error", "upstream_unavailable"),
     ErrorKind.UPSTREAM_TIMEOUT: ("server_error", "upstream_timeout"),
+    ErrorKind.UPSTREAM_BUSY: ("server_error", "service_unavailable"),
+    ErrorKind.UPSTREAM_OVERLOADED: ("server_error", "service_unavailable"),
     ErrorKind.INTERNAL: ("server_error", None),
 }
 
@@ -420,12 +421,14 @@ class OpenAI(Protocol):
         tap.container_memory = info.container_memory
         return tap
 
-    def credential_headers(self, provider: ProviderInfo) -> Headers:
-        return [(b"authorization", b"Bearer " + provider.credential.encode())]
-
     def error_status(self, error: ProxyError) -> int:
-        # OpenAI clients know insufficient_quota as a 429 they must not retry.
-        return 429 if error.kind is ErrorKind.BILLING else error.kind.status
+        # OpenAI clients know insufficient_quota as a 429 they must not retry, and have no
+        # 529: an overloaded provider is a 503 to them.
+        if error.kind is ErrorKind.BILLING:
+            return 429
+        if error.kind is ErrorKind.UPSTREAM_OVERLOADED:
+            return 503
+        return error.kind.status
 
     def error_object(self, error: ProxyError) -> dict:
         kind, code = ERRORS[error.kind]
