@@ -5,7 +5,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 BIN = $(VENV)/bin
 
-.PHONY: run test install clients lint format bench
+.PHONY: run test install clients clients-latest test-clients-latest lint format bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,19 @@ clients:
 	@if command -v npm >/dev/null 2>&1; then \
 		npm ci --prefix clients --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: the CLI tests will be skipped"; fi
+
+# The newest published Claude Code and Codex, in var/clients-latest, and the CLI tests run
+# against them: a client release that changes the protocol is found by a test, not by users.
+clients-latest:
+	mkdir -p var/clients-latest
+	echo '{"name": "llmproxy-latest-clients", "private": true}' > var/clients-latest/package.json
+	npm install --prefix var/clients-latest --no-audit --no-fund --loglevel=error \
+		@anthropic-ai/claude-code@latest @openai/codex@latest
+	var/clients-latest/node_modules/.bin/claude --version
+	var/clients-latest/node_modules/.bin/codex --version
+
+test-clients-latest: install clients-latest
+	LLMPROXY_CLIENTS_DIR=$(CURDIR)/var/clients-latest $(BIN)/pytest -m cli
 
 test: install
 	$(BIN)/pytest

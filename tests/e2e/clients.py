@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = ROOT / "clients" / "node_modules" / ".bin"
+# The pinned CLIs (make clients), or others: LLMPROXY_CLIENTS_DIR names an npm prefix whose
+# node_modules/.bin holds claude and codex (make clients-latest installs the newest there).
+CLIENTS = Path(os.environ.get("LLMPROXY_CLIENTS_DIR") or ROOT / "clients")
+BIN = CLIENTS / "node_modules" / ".bin"
 
 
 def require_binary(name: str) -> Path:
