@@ -16,6 +16,7 @@ from django.db.models import Q
 from accounts.models import ApiKey
 from billing.models import Price, UsageEvent
 from billing.records import UsageRecord
+from llmproxy.core import metrics
 
 PRICES_FILE = Path(__file__).with_name("prices.json")
 
@@ -153,6 +154,7 @@ def record_usage_batch(records: list[UsageRecord]) -> int:
         fresh = [row for row in rows if row.request_id not in known]
         UsageEvent.objects.bulk_create(fresh, ignore_conflicts=True)
     _touch_keys(records)
+    metrics.USAGE_WRITTEN.inc(len(fresh))
     return len(fresh)
 
 

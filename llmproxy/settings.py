@@ -224,6 +224,19 @@ LLMPROXY_ABANDONED_READ_SECONDS = env_float(
 )
 LLMPROXY_USAGE_BATCH_SIZE = env_int(ENV, "LLMPROXY_USAGE_BATCH_SIZE", 100, minimum=1)
 
+# Metrics (GET /metrics): with several processes on a host (uvicorn workers, Celery), a
+# directory they share, so one scrape reports them all; a bearer token and/or the networks
+# allowed to scrape (default: loopback only).
+LLMPROXY_METRICS_DIR = env_str(ENV, "LLMPROXY_METRICS_DIR")
+if LLMPROXY_METRICS_DIR:
+    Path(LLMPROXY_METRICS_DIR).mkdir(parents=True, exist_ok=True)
+    # prometheus_client reads its multiprocess directory from the environment, once.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = LLMPROXY_METRICS_DIR
+LLMPROXY_METRICS_TOKEN = env_str(ENV, "LLMPROXY_METRICS_TOKEN")
+LLMPROXY_METRICS_ALLOW_FROM = env_list(
+    ENV, "LLMPROXY_METRICS_ALLOW_FROM", ["127.0.0.0/8", "::1/128"]
+)
+
 LOG_LEVEL = env_str(ENV, "DJANGO_LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"DJANGO_LOG_LEVEL: unknown level {LOG_LEVEL!r}")

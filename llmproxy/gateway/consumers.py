@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
+from llmproxy.core import metrics
 from llmproxy.gateway import pipeline
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.messages import give_up
@@ -48,6 +50,7 @@ class ProxyConsumer(AsyncHttpConsumer):
         self.endpoint = endpoint
 
     async def __call__(self, scope, receive, send):
+        self.arrived = time.perf_counter()
         self.scope = scope
         self.base_send = send
         self._complete = False
@@ -76,6 +79,7 @@ class ProxyConsumer(AsyncHttpConsumer):
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
+                metrics.refused("REQUEST_TOO_LARGE", self.protocol.name)
                 await self._send_reply(
                     pipeline.error_reply(
                         self.protocol,
@@ -103,6 +107,7 @@ class ProxyConsumer(AsyncHttpConsumer):
             query=scope.get("query_string", b""),
             headers=scope["headers"],
             body=body,
+            arrived=self.arrived,
         )
 
     async def _respond(self, body: bytes) -> None:
@@ -111,6 +116,7 @@ class ProxyConsumer(AsyncHttpConsumer):
             if self.endpoint is None:
                 reply = await pipeline.list_models(incoming, self.protocol)
             elif self.scope["method"] != "POST":
+                metrics.refused("METHOD_NOT_ALLOWED", self.protocol.name)
                 reply = pipeline.error_reply(
                     self.protocol,
                     ProxyError(
@@ -142,10 +148,11 @@ class ProxyConsumer(AsyncHttpConsumer):
                 {"type": "http.response.start", "status": reply.status, "headers": headers}
             )
             if reply.stream is not None:
-                async for chunk in reply.stream:
-                    await self._send(
-                        {"type": "http.response.body", "body": chunk, "more_body": True}
-                    )
+                with metrics.OPEN_STREAMS.track_inprogress():
+                    async for chunk in reply.stream:
+                        await self._send(
+                            {"type": "http.response.body", "body": chunk, "more_body": True}
+                        )
             # Settled before the last message: a client that has its whole answer finds
             # its limits and the ledger already updated.
             await reply.finish()

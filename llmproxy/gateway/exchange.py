@@ -24,6 +24,7 @@ from typing import Any
 from billing import reservations
 from billing.pricing import ModelPrice, PriceBook
 from billing.records import UsageRecord
+from llmproxy.core import metrics
 from llmproxy.core.ids import new_id
 from llmproxy.gateway import upstream
 from llmproxy.gateway.context import held_context
@@ -111,7 +112,8 @@ class Exchange:
         self.ticket: Ticket | None = None
         self.request_id = new_id()
         self.created_at = datetime.now(UTC)
-        self.started = time.perf_counter()
+        self.started = incoming.arrived or time.perf_counter()
+        self.sent_at: float | None = None  # when the first attempt went upstream
         self.first_byte: float | None = None
         self.tap: Tap = protocol.tap(False, info, endpoint)
         self.status = 0  # the provider's status, once it answered
@@ -190,6 +192,13 @@ class Exchange:
     async def admit(self) -> None:
         """Rate limits and concurrency for every call (each one is an upstream call made with
         the organisation's credential); a budget reservation for the billed ones."""
+        metrics.ADMITTING.inc()
+        try:
+            await self._admit()
+        finally:
+            metrics.ADMITTING.dec()
+
+    async def _admit(self) -> None:
         admission = asyncio.ensure_future(
             limiter().admit(self.policy, self.reservation_units(), billed=self.endpoint.billed)
         )
@@ -317,6 +326,31 @@ class Exchange:
                 log.exception("the limiter could not settle %s", self.request_id)
         if self.records_usage:
             sink.submit(record)
+            self._observe(record, tokens)
+
+    def _observe(self, record: UsageRecord, tokens: int) -> None:
+        """The call on /metrics (bounded labels: the price pattern names the model)."""
+        try:
+            provider, protocol = self.provider.name, self.protocol.name
+            model = self.price.pattern if self.price is not None else "unpriced"
+            team = self.policy.team_name or "none"
+            metrics.REQUESTS.labels(
+                self.endpoint.upstream_path, protocol, metrics.client_label(record.client),
+                provider, model, str(record.status),
+            ).inc()  # fmt: skip
+            metrics.SPEND.labels(team, model).inc(float(record.cost_usd))
+            for kind in ("input", "output", "cache_read", "cache_write"):
+                count = getattr(record, f"{kind}_tokens")
+                if count:
+                    metrics.TOKENS.labels(team, model, kind).inc(count)
+            if self.first_byte is not None:
+                ttfb = self.first_byte - self.started
+                metrics.TTFB_SECONDS.labels(protocol, provider).observe(ttfb)
+            if self.sent_at is not None:
+                took = time.perf_counter() - self.sent_at
+                metrics.UPSTREAM_SECONDS.labels(provider).observe(took)
+        except Exception:  # metrics never cost a call its settlement
+            log.exception("metrics of %s not recorded", self.request_id)
 
     def _account(
         self, status: int | None, error: str, partial: bool | None

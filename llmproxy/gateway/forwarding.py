@@ -23,6 +23,7 @@ import aiohttp
 import httpx
 from django.conf import settings
 
+from llmproxy.core import metrics
 from llmproxy.gateway import failover, upstream
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.exchange import CLIENT_CLOSED, Exchange
@@ -139,6 +140,9 @@ async def attempt(exchange: Exchange) -> Reply | Failure:
         exchange.reached = False
         await exchange.settle(error.kind.status, error=error.message, partial=False)
         return error_reply(protocol, error)
+    if exchange.sent_at is None:
+        exchange.sent_at = time.perf_counter()
+        metrics.GATEWAY_SECONDS.labels(protocol.name).observe(exchange.sent_at - exchange.started)
     try:
         response = await upstream.get().send(request.method, request.url, request.headers,
                                              request.body)  # fmt: skip

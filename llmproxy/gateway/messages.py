@@ -17,6 +17,7 @@ class Incoming:
     query: bytes
     headers: Headers  # names lower-case, as ASGI delivers them
     body: bytes
+    arrived: float = 0.0  # time.perf_counter() when the request came in (0: not measured)
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:

@@ -15,6 +15,7 @@ from decimal import Decimal
 
 import httpx
 
+from llmproxy.core import metrics
 from llmproxy.gateway import sharing, upstream
 from llmproxy.gateway.context import held_context
 from llmproxy.gateway.errors import ErrorKind, ProxyError
@@ -153,7 +154,7 @@ async def handle(incoming: Incoming, protocol: Protocol, endpoint: Endpoint) -> 
             return await sharing.share(exchange, admit_and_forward)
         await exchange.admit()
     except ProxyError as error:
-        return error_reply(protocol, error)
+        return refusal(protocol, error)
     return await forward(exchange)
 
 
@@ -161,8 +162,14 @@ async def admit_and_forward(exchange: Exchange) -> Reply:
     try:
         await exchange.admit()
     except ProxyError as error:
-        return error_reply(exchange.protocol, error)
+        return refusal(exchange.protocol, error)
     return await forward(exchange)
+
+
+def refusal(protocol: Protocol, error: ProxyError) -> Reply:
+    """The gateway refuses the call itself (counted by reason on /metrics)."""
+    metrics.refused(error.kind.name, protocol.name)
+    return error_reply(protocol, error)
 
 
 async def list_models(incoming: Incoming, protocol: Protocol) -> Reply:
@@ -173,7 +180,7 @@ async def list_models(incoming: Incoming, protocol: Protocol) -> Reply:
         # against the key's request rate like any other.
         ticket = await limiter().admit(policy, billed=False)
     except ProxyError as error:
-        return error_reply(protocol, error)
+        return refusal(protocol, error)
     catalog = await policies.catalog()
     try:
         names = await _upstream_model_ids(catalog, protocol)

@@ -71,6 +71,7 @@ class KeyPolicy:
     budgets: tuple[Budget, ...]
     reserve_expected: bool = False
     credential: str = "key"  # "key", or the sign-in client ("claude_code", "cli")
+    team_name: str = ""  # the billed team's name (a metrics label)
     subject: str = ""  # the credential, for sharing and context: "key:12", "login:<family>"
 
     @property
@@ -240,6 +241,7 @@ def load_key_policy(digest: str) -> KeyPolicy | None:
         budgets=budgets.for_call(key=key, person=person, team=team),
         reserve_expected=key.reserve_mode == "expected",
         subject=f"key:{key.pk}",
+        team_name=team.name if team is not None else "",
     )
 
 
@@ -273,6 +275,7 @@ def load_token_policy(digest: str) -> KeyPolicy | None:
         budgets=budgets.for_call(key=None, person=person, team=team),
         credential=token.client,
         subject=f"login:{token.family}",
+        team_name=team.name if team is not None else "",
     )
 
 

@@ -27,6 +27,7 @@ import orjson
 from channels.consumer import AsyncConsumer
 from django.conf import settings
 
+from llmproxy.core import metrics
 from llmproxy.core.ids import new_id
 from llmproxy.gateway import pipeline, upstream
 from llmproxy.gateway.errors import ErrorKind, ProxyError
@@ -153,6 +154,7 @@ class ResponsesSocket(AsyncConsumer):
             return
         frames: asyncio.Queue[str | None] = asyncio.Queue()
         worker = asyncio.ensure_future(self._work(frames))
+        metrics.OPEN_WEBSOCKETS.inc()
         try:
             while True:
                 message = await receive()
@@ -175,6 +177,7 @@ class ResponsesSocket(AsyncConsumer):
                 await worker
             for socket in self.upstreams.values():
                 await socket.close()
+            metrics.OPEN_WEBSOCKETS.dec()
 
     async def _refuse_upgrade(self, scope, send) -> None:
         """426: Codex falls back to HTTP at once (anything else costs it retries)."""
@@ -208,6 +211,7 @@ class ResponsesSocket(AsyncConsumer):
             try:
                 await self._handle(text)
             except ProxyError as error:
+                metrics.refused(error.kind.name, "openai")
                 await self._send_json(error_frame(error))
             except Exception:
                 # Every frame gets an answer and the socket stays usable, whatever went wrong.

@@ -18,6 +18,7 @@ from django.db import close_old_connections, connections
 
 from billing import services, tasks
 from billing.records import UsageRecord
+from llmproxy.core import metrics
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class UsageSink:
         self._batch_size = batch_size  # None: LLMPROXY_USAGE_BATCH_SIZE, read when first needed
         self._linger = linger
         self._pending = 0
+        self._oldest: float | None = None  # when the oldest undelivered record came in
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -38,6 +40,9 @@ class UsageSink:
         """Non-blocking; safe from the event loop."""
         with self._idle:
             self._pending += 1
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+        metrics.USAGE_QUEUED.inc()
         self._queue.put(event)
         if self._thread is None:
             self._start()
@@ -77,9 +82,13 @@ class UsageSink:
         while True:
             batch, controls = self._next_batch()
             if batch:
+                if self._oldest is not None:
+                    metrics.USAGE_LAG_SECONDS.set(time.monotonic() - self._oldest)
                 self._deliver(batch)
+                metrics.USAGE_QUEUED.dec(len(batch))
                 with self._idle:
                     self._pending -= len(batch)
+                    self._oldest = time.monotonic() if self._pending else None
                     self._idle.notify_all()
             for control in controls:
                 control()
