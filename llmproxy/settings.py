@@ -237,6 +237,14 @@ LLMPROXY_METRICS_ALLOW_FROM = env_list(
     ENV, "LLMPROXY_METRICS_ALLOW_FROM", ["127.0.0.0/8", "::1/128"]
 )
 
+# Traces (OpenTelemetry, OTLP over HTTP): off unless an endpoint is set, e.g.
+# http://otel-collector:4318; headers as name=value pairs, comma-separated.
+LLMPROXY_OTLP_ENDPOINT = env_str(ENV, "LLMPROXY_OTLP_ENDPOINT")
+LLMPROXY_OTLP_HEADERS = [
+    tuple(item.split("=", 1)) for item in env_list(ENV, "LLMPROXY_OTLP_HEADERS", []) if "=" in item
+]
+LLMPROXY_OTLP_SERVICE_NAME = env_str(ENV, "LLMPROXY_OTLP_SERVICE_NAME", "llmproxy")
+
 LOG_LEVEL = env_str(ENV, "DJANGO_LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"DJANGO_LOG_LEVEL: unknown level {LOG_LEVEL!r}")

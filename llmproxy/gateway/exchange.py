@@ -24,7 +24,7 @@ from typing import Any
 from billing import reservations
 from billing.pricing import ModelPrice, PriceBook
 from billing.records import UsageRecord
-from llmproxy.core import metrics
+from llmproxy.core import metrics, tracing
 from llmproxy.core.ids import new_id
 from llmproxy.gateway import upstream
 from llmproxy.gateway.context import held_context
@@ -87,6 +87,14 @@ def upstream_headers(protocol: Protocol, provider: ProviderInfo, client: Headers
     return headers
 
 
+_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
+
+
+def _epoch_ns(moment: float | None) -> int | None:
+    """A time.perf_counter() reading as nanoseconds since the epoch (what OTLP wants)."""
+    return None if moment is None else int(moment * 1e9) + _OFFSET_NS
+
+
 class Exchange:
     """One upstream call: what it needs to forward, relay and settle."""
 
@@ -114,6 +122,9 @@ class Exchange:
         self.created_at = datetime.now(UTC)
         self.started = incoming.arrived or time.perf_counter()
         self.sent_at: float | None = None  # when the first attempt went upstream
+        self.prepared_at = time.perf_counter()  # authenticated, authorized, routed
+        self.admitted_at: float | None = None
+        self.relayed_at: float | None = None  # the answer's last byte went by
         self.first_byte: float | None = None
         self.tap: Tap = protocol.tap(False, info, endpoint)
         self.status = 0  # the provider's status, once it answered
@@ -197,6 +208,7 @@ class Exchange:
             await self._admit()
         finally:
             metrics.ADMITTING.dec()
+        self.admitted_at = time.perf_counter()
 
     async def _admit(self) -> None:
         admission = asyncio.ensure_future(
@@ -285,6 +297,7 @@ class Exchange:
                         continue
                 yield chunk
             self.complete = True
+            self.relayed_at = time.perf_counter()
         except upstream.BROKEN as exc:
             self.relay_error = f"upstream stream broke: {type(exc).__name__}"
             if broken is not None:
@@ -313,6 +326,7 @@ class Exchange:
         await asyncio.shield(self._settle(status, error, partial))
 
     async def _settle(self, status: int | None, error: str, partial: bool | None) -> None:
+        settling = time.perf_counter()
         try:
             record, cost, tokens = self._account(status, error, partial)
         except Exception as exc:
@@ -327,6 +341,41 @@ class Exchange:
         if self.records_usage:
             sink.submit(record)
             self._observe(record, tokens)
+            if tracing.enabled():
+                self._trace(record, settling)
+
+    def _trace(self, record: UsageRecord, settling: float) -> None:
+        """The call as an OpenTelemetry span (GenAI semantic conventions)."""
+        ns = _epoch_ns
+        ended = time.perf_counter()
+        operation = "chat" if self.info.kind != "count" else "count_tokens"
+        attributes = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.system": self.protocol.name,
+            "gen_ai.request.model": self.info.model,
+            "gen_ai.response.model": record.upstream_model,
+            "gen_ai.request.max_tokens": self.info.max_output_tokens,
+            "gen_ai.usage.input_tokens": record.input_tokens
+            + record.cache_read_tokens
+            + record.cache_write_tokens,
+            "gen_ai.usage.output_tokens": record.output_tokens,
+            "llmproxy.cost_usd": float(record.cost_usd),
+            "llmproxy.provider": self.provider.name,
+            "llmproxy.request_id": self.request_id,
+            "llmproxy.client": record.client,
+            "llmproxy.attempts": record.attempts,
+            "llmproxy.estimated": record.estimated,
+            "http.response.status_code": record.status,
+        }
+        stages = [
+            ("authenticate", ns(self.started), ns(self.prepared_at)),
+            ("admit", ns(self.prepared_at), ns(self.admitted_at)),
+            ("upstream", ns(self.sent_at), ns(self.first_byte)),
+            ("relay", ns(self.first_byte), ns(self.relayed_at or settling)),
+            ("settle", ns(settling), ns(ended)),
+        ]
+        name = f"{operation} {self.info.model}"
+        tracing.record_call(name, ns(self.started), ns(ended), attributes, stages)
 
     def _observe(self, record: UsageRecord, tokens: int) -> None:
         """The call on /metrics (bounded labels: the price pattern names the model)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from llmproxy.core import tracing
 from llmproxy.gateway import upstream
 from llmproxy.gateway.usage_sink import sink
 
@@ -12,7 +13,6 @@ log = logging.getLogger(__name__)
 
 
 async def lifespan(scope, receive, send):
-
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
@@ -22,5 +22,6 @@ async def lifespan(scope, receive, send):
             if not await asyncio.to_thread(sink.flush, 30.0):
                 log.error("usage events still queued at shutdown")
             await asyncio.to_thread(sink.close_connections)
+            await asyncio.to_thread(tracing.flush)
             await send({"type": "lifespan.shutdown.complete"})
             return
