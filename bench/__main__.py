@@ -72,9 +72,10 @@ def request_body(stream: bool, small: bool = False) -> tuple[bytes, str]:
 class Stack:
     """The fake upstream and the gateway as subprocesses, torn down in any case."""
 
-    def __init__(self, env: dict, stack: ExitStack) -> None:
+    def __init__(self, env: dict, stack: ExitStack, workers: int = 1) -> None:
         self.env = env
         self.stack = stack
+        self.workers = workers
         self.fake_url = f"http://127.0.0.1:{free_port()}"
         self.gateway_url = f"http://127.0.0.1:{free_port()}"
         self.floor_url = f"http://127.0.0.1:{free_port()}"
@@ -120,7 +121,7 @@ class Stack:
             "--port",
             port,
             "--workers",
-            "1",
+            str(self.workers),
             "--no-access-log",
             "--log-level",
             "warning",

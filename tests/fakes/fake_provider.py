@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import itertools
 import threading
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -341,10 +342,43 @@ class FakeProvider:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             data = {}
+        metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+        hold = metadata.get("fake_hold")
+        if isinstance(hold, dict) and data.get("stream") is True:
+            return await self._held(request, hold)
         reply = self._next(text())
         if isinstance(reply, OpenAIReply):  # a test queued the other protocol's answer
             reply = text()
         return await self._answer(request, reply, data, stream=data.get("stream") is True)
+
+    async def _held(self, request: web.Request, hold: dict) -> web.StreamResponse:
+        """A long, slow stream (bench/held.py): ``events`` text deltas ``interval`` seconds
+        apart, each holding the time it was sent, so a client can tell the delay added on
+        the way."""
+        events, interval = int(hold.get("events", 100)), float(hold.get("interval", 0.1))
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        message = {"id": f"msg_{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant",
+                   "model": "held", "content": [], "stop_reason": None,
+                   "usage": {"input_tokens": 10, "output_tokens": 1}}  # fmt: skip
+        await response.write(sse("message_start", {"message": message}))
+        block = {"index": 0, "content_block": {"type": "text", "text": ""}}
+        await response.write(sse("content_block_start", block))
+        try:
+            for _ in range(events):
+                await asyncio.sleep(interval)
+                delta = {"type": "text_delta", "text": f"{time.time():.6f};"}
+                await response.write(sse("content_block_delta", {"index": 0, "delta": delta}))
+            await response.write(sse("content_block_stop", {"index": 0}))
+            usage = {"output_tokens": events}
+            await response.write(sse("message_delta", {"delta": {"stop_reason": "end_turn"},
+                                                       "usage": usage}))  # fmt: skip
+            await response.write(sse("message_stop", {}))
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnects += 1
+            raise
+        await response.write_eof()
+        return response
 
     async def _answer(self, request, reply: Reply, data: dict, stream: bool):
         headers = {"request-id": f"req_fake_{next(_ids):08d}", **reply.headers}

@@ -1,0 +1,185 @@
+"""Held streams: many slow, long answers open at once through one gateway worker.
+
+    python -m bench.held [--streams 100,1000,5000] [--seconds 30] [--workers 1,2] [--write F]
+
+Each stream is Claude Code's shape: an event every 50-100 ms for ``--seconds``. The fake
+upstream stamps every event with the time it wrote it, so the client measures each event's
+delay; the same streams straight to the fake, in the same run, give the floor. Reported per
+stream count: the added inter-chunk delay (gateway delay minus direct delay, p50 and p99),
+errors, and the gateway's peak RSS. Everything runs on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import aiohttp
+
+from bench.__main__ import MODEL, Stack
+
+NOTES_MARKER = "<!-- held streams: notes kept when bench.held rewrites its section -->"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and its children (uvicorn's workers)."""
+    total = rss_mb(pid)
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        total += rss_mb(int(child))
+    return total
+
+
+def body(seconds: float) -> bytes:
+    interval = random.uniform(0.05, 0.1)
+    return json.dumps({
+        "model": MODEL, "max_tokens": 10_000, "stream": True,
+        "messages": [{"role": "user", "content": "hold"}],
+        "metadata": {"fake_hold": {"events": int(seconds / interval), "interval": interval}},
+    }).encode()  # fmt: skip
+
+
+async def one_stream(session, url: str, headers: dict, seconds: float, delays: list) -> bool:
+    try:
+        async with session.post(url + "/v1/messages", data=body(seconds), headers=headers) as r:
+            if r.status != 200:
+                return False
+            buffer = b""
+            async for chunk in r.content.iter_any():
+                now = time.time()
+                buffer += chunk
+                while b'"text":"' in buffer:
+                    start = buffer.index(b'"text":"') + 8
+                    end = buffer.find(b'"', start)
+                    if end < 0:
+                        break
+                    stamp = buffer[start:end]
+                    if stamp.endswith(b";"):
+                        delays.append(now - float(stamp[:-1]))
+                    buffer = buffer[end + 1 :]
+            return True
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
+
+
+async def run(url: str, headers: dict, streams: int, seconds: float) -> tuple[list, int]:
+    delays: list[float] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=seconds * 4 + 60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def staggered(index: int) -> bool:
+            await asyncio.sleep(index * min(0.002, 5 / streams))  # open over a few seconds
+            return await one_stream(session, url, headers, seconds, delays)
+
+        results = await asyncio.gather(*(staggered(i) for i in range(streams)))
+    return delays, results.count(False)
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def _sample(pid: int, peak: list[float]) -> None:
+    while True:
+        peak.append(tree_rss_mb(pid))
+        await asyncio.sleep(0.5)
+
+
+async def measure(stack: Stack, secret: str, counts: list[int], seconds: float) -> list[dict]:
+    rows = []
+    for streams in counts:
+        direct, direct_errors = await run(stack.fake_url, {}, streams, seconds)
+        peak: list[float] = []
+        sampler = asyncio.ensure_future(_sample(stack.gateway_pid, peak))
+        gateway, gateway_errors = await run(
+            stack.gateway_url, {"x-api-key": secret}, streams, seconds
+        )
+        sampler.cancel()
+        row = {
+            "streams": streams,
+            "workers": stack.workers,
+            "events": len(gateway),
+            "direct_p50_ms": round(quantile(direct, 0.5) * 1000, 2),
+            "direct_p99_ms": round(quantile(direct, 0.99) * 1000, 2),
+            "gateway_p50_ms": round(quantile(gateway, 0.5) * 1000, 2),
+            "gateway_p99_ms": round(quantile(gateway, 0.99) * 1000, 2),
+            "errors": f"{direct_errors}/{gateway_errors}",
+            "gateway_rss_mb": round(max(peak), 1),
+        }
+        row["added_p50_ms"] = round(row["gateway_p50_ms"] - row["direct_p50_ms"], 2)
+        row["added_p99_ms"] = round(row["gateway_p99_ms"] - row["direct_p99_ms"], 2)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], command: str, seconds: float) -> str:
+    lines = [
+        "## Held streams",
+        "",
+        f"Command: `{command}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{os.cpu_count()} cores. Each stream: an event every 50-100 ms for {seconds:g} s.",
+        "",
+        "| workers | streams | events | direct p50 / p99 ms | gateway p50 / p99 ms "
+        "| added p50 / p99 ms | errors (direct/gateway) | gateway RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workers']} | {r['streams']} | {r['events']} | {r['direct_p50_ms']} / "
+            f"{r['direct_p99_ms']} | {r['gateway_p50_ms']} / {r['gateway_p99_ms']} | "
+            f"{r['added_p50_ms']} / {r['added_p99_ms']} | {r['errors']} | "
+            f"{r['gateway_rss_mb']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.held")
+    parser.add_argument("--streams", default="100,1000,5000")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--workers", default="1")
+    parser.add_argument("--write", type=Path, help="replace the held-stream section of this file")
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of sockets
+    counts = [int(n) for n in args.streams.split(",")]
+    rows: list[dict] = []
+    for workers in (int(n) for n in args.workers.split(",")):
+        with tempfile.TemporaryDirectory(prefix="llmproxy-held-") as data_dir, ExitStack() as es:
+            env = {**os.environ, "DJANGO_SECRET_KEY": "bench-secret-key", "DJANGO_DEBUG": "false",
+                   "LLMPROXY_DATA_DIR": data_dir, "DJANGO_LOG_LEVEL": "WARNING",
+                   "LLMPROXY_ENV_FILE": ""}  # fmt: skip
+            stack = Stack(env, es, workers=workers)
+            secret = stack.start()
+            rows += asyncio.run(measure(stack, secret, counts, args.seconds))
+    command = "python -m bench.held" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
+    report = markdown(rows, command, args.seconds)
+    print(report)
+    if args.write:
+        text = args.write.read_text() if args.write.exists() else ""
+        before = text.split("## Held streams", 1)[0].rstrip() + "\n\n" if text else ""
+        notes = text.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in text else "\n"
+        args.write.write_text(before + report + "\n" + NOTES_MARKER + notes)
+
+
+if __name__ == "__main__":
+    main()
