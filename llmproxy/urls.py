@@ -3,7 +3,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from llmproxy.console import dashboard
-from llmproxy.console.health import healthz
+from llmproxy.console.health import healthz, readyz
 from llmproxy.console.metrics import metrics_view
 
 admin.site.site_header = "llmproxy"
@@ -13,6 +13,7 @@ admin.site.index_title = "Gateway administration"
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
     path("favicon.ico", dashboard.favicon, name="favicon"),
     path("admin/", admin.site.urls),
