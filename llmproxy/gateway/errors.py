@@ -12,12 +12,15 @@ class ErrorKind(Enum):
     PERMISSION = (403, False)
     NOT_FOUND = (404, False)
     METHOD_NOT_ALLOWED = (405, False)
+    REQUEST_TIMEOUT = (408, True)
     REQUEST_TOO_LARGE = (413, False)
+    HEADERS_TOO_LARGE = (431, False)
     BILLING = (402, False)
     RATE_LIMIT = (429, True)
     UPSTREAM_CREDENTIAL = (502, False)
     UPSTREAM_UNAVAILABLE = (502, True)
     UPSTREAM_TIMEOUT = (504, True)
+    OVERLOADED = (503, True)  # this gateway worker is busy; another try may land elsewhere
     INTERNAL = (500, True)
 
     @property

@@ -19,7 +19,13 @@ import httpx
 from llmproxy.gateway import sharing, upstream
 from llmproxy.gateway.context import held_context
 from llmproxy.gateway.errors import ErrorKind, ProxyError
-from llmproxy.gateway.exchange import CLIENT_CLOSED, Exchange, client_name, upstream_headers
+from llmproxy.gateway.exchange import (
+    CLIENT_CLOSED,
+    Exchange,
+    client_name,
+    forwarded_headers,
+    upstream_headers,
+)
 from llmproxy.gateway.limits import limiter
 from llmproxy.gateway.messages import Incoming, Reply, error_reply
 from llmproxy.gateway.policy import Catalog, KeyPolicy, policies
@@ -34,6 +40,7 @@ __all__ = [
     "authenticate",
     "client_name",
     "error_reply",
+    "forwarded_headers",
     "handle",
     "list_models",
     "prepare",
@@ -122,16 +129,23 @@ def route(catalog: Catalog, protocol: Protocol, policy: KeyPolicy, model: str):
     return provider, upstream_model, price
 
 
-async def prepare(incoming: Incoming, protocol: Protocol, endpoint: Endpoint) -> Exchange:
-    """Authenticate, read and authorize the request, and pick its provider."""
-    policy = await authenticate(incoming)
+async def prepare(
+    incoming: Incoming, protocol: Protocol, endpoint: Endpoint, policy: KeyPolicy | None = None
+) -> Exchange:
+    """Authenticate (unless the caller did, from the headers), read and authorize the
+    request, and pick its provider."""
+    if policy is None:
+        policy = await authenticate(incoming)
+    forwarded = forwarded_headers(protocol, incoming.headers)
     info = protocol.inspect(endpoint, protocol.read(incoming.body), incoming.headers)
     info.held_references += protocol.held_references(incoming.body)
     info.held_prompt_tokens = held_context.tokens(policy.key_id, info)
     authorize(policy, protocol, endpoint, info)
     catalog = await policies.catalog()
     provider, upstream_model, price = route(catalog, protocol, policy, info.model)
-    return Exchange(incoming, protocol, endpoint, policy, info, provider, upstream_model, price)
+    exchange = Exchange(incoming, protocol, endpoint, policy, info, provider, upstream_model, price)
+    exchange.forwarded = forwarded
+    return exchange
 
 
 # --- forward --------------------------------------------------------------------------------
@@ -251,9 +265,11 @@ async def refused_upstream(exchange: Exchange, response: httpx.Response) -> Repl
 # --- entry points ------------------------------------------------------------------------
 
 
-async def handle(incoming: Incoming, protocol: Protocol, endpoint: Endpoint) -> Reply:
+async def handle(
+    incoming: Incoming, protocol: Protocol, endpoint: Endpoint, policy: KeyPolicy | None = None
+) -> Reply:
     try:
-        exchange = await prepare(incoming, protocol, endpoint)
+        exchange = await prepare(incoming, protocol, endpoint, policy)
         if exchange.info.kind == "compaction":
             return await sharing.share(exchange, admit_and_forward)
         await exchange.admit()
@@ -270,10 +286,13 @@ async def admit_and_forward(exchange: Exchange) -> Reply:
     return await forward(exchange)
 
 
-async def list_models(incoming: Incoming, protocol: Protocol) -> Reply:
+async def list_models(
+    incoming: Incoming, protocol: Protocol, policy: KeyPolicy | None = None
+) -> Reply:
     """The key's allowed models, in the protocol's list shape."""
     try:
-        policy = await authenticate(incoming)
+        if policy is None:
+            policy = await authenticate(incoming)
         # The list is an upstream call with the organisation's credential: it counts
         # against the key's request rate like any other.
         ticket = await limiter().admit(policy, billed=False)
