@@ -18,7 +18,7 @@ install: $(BIN)/.installed
 # The embedded default: SQLite in var/, no Redis, one process. Prints the admin URL and login.
 run: install
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(BIN)/python manage.py bootstrap --url http://$(HOST):$(PORT)
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(BIN)/uvicorn llmproxy.asgi:application \
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-true} $(BIN)/python -m llmproxy serve \
 		--host $(HOST) --port $(PORT) --no-access-log
 
 # The real Claude Code and Codex CLIs for the end-to-end tests (skipped locally without npm).
