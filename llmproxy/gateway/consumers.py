@@ -210,3 +210,35 @@ def head_refusal(status: int, message: str, path: str, headers) -> bytes:
     lines += [name + b": " + value for name, value in reply.headers]
     lines += [b"content-length: %d" % len(reply.body), b"connection: close", b"", reply.body]
     return b"\r\n".join(lines)
+
+
+def read_first(app):
+    """Django's side (admin, API, dashboard, health) with the proxy's body limits: the body is
+    read within the deadline, the size limit and the in-flight cap before Django sees it."""
+
+    async def bounded(scope, receive, send):
+        headers = scope["headers"]
+        if not edge.has_body(headers):
+            await app(scope, receive, send)
+            return
+        try:
+            length = edge.declared_length(headers)
+            limit = settings.LLMPROXY_MAX_BODY_BYTES
+            if length is not None and length > limit:
+                raise ProxyError(
+                    ErrorKind.REQUEST_TOO_LARGE, f"The request body is larger than {limit} bytes."
+                )
+            body = await edge.read_body(receive, length)
+        except ProxyError as error:
+            await refuse(scope, receive, send, error)
+            return
+        if body is None:
+            return
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replay():
+            return pending.pop() if pending else await receive()
+
+        await app(scope, replay, send)
+
+    return bounded

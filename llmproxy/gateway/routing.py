@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from llmproxy.gateway import edge
-from llmproxy.gateway.consumers import ProxyConsumer, head_ok, not_found, refuse
+from llmproxy.gateway.consumers import ProxyConsumer, head_ok, not_found, read_first, refuse
 from llmproxy.gateway.protocols import anthropic, openai
 from llmproxy.gateway.sockets import ResponsesSocket
 
@@ -59,6 +59,7 @@ def websocket_routes() -> dict[str, ASGIApp]:
 def http_router(fallback: ASGIApp) -> ASGIApp:
 
     routes = proxy_routes()
+    fallback = read_first(fallback)
 
     async def route(scope, receive, send):
         error = edge.scope_header_error(scope)

@@ -359,6 +359,16 @@ def test_a_half_sent_body_is_408_within_the_deadline(gateway, fake, make_key, se
     assert edge.in_flight.used == 0
 
 
+def test_the_admin_and_the_api_have_the_body_deadline_too(gateway, settings):
+    settings.LLMPROXY_BODY_TIMEOUT_SECONDS = 1
+    sock = open_socket(gateway.port)
+    sock.sendall(head("/admin/login/", {"content-length": "10000"}) + b"username=")
+    response = read_response(sock, timeout=5)
+    assert response.status == 408
+    assert closed_by_server(sock, within=2)
+    sock.close()
+
+
 def wait_for(condition, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
