@@ -11,6 +11,7 @@ client saw (one token per 3 bytes of content; the fake's tokens are 4 bytes each
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal
 
 import orjson
@@ -90,7 +91,17 @@ def cut_here(path: str, point: str, events: list[str]) -> bool:
     return finished
 
 
-async def hang_up_over_http(gateway, secret: str, path: str, point: str) -> int:
+async def provider_has_it(fake) -> None:
+    """The request reached the provider (which waits 0.3 s before it answers): a fixed sleep
+    instead is too short for the first request of a new key in the scaled mode, whose
+    policy and spend counters are read from PostgreSQL first."""
+    deadline = time.monotonic() + 10
+    while not fake.ws_frames and not any(r.method == "POST" for r in fake.requests):
+        assert time.monotonic() < deadline, "the request never reached the provider"
+        await asyncio.sleep(0.005)
+
+
+async def hang_up_over_http(gateway, fake, secret: str, path: str, point: str) -> int:
     """Send the request on a raw socket, read events until ``point``, then close. Returns
     the content events the client got, or -1 when the gateway refused the request."""
     target = {"messages": "/v1/messages", "chat": "/v1/chat/completions"}.get(path, "/v1/responses")
@@ -106,7 +117,7 @@ async def hang_up_over_http(gateway, secret: str, path: str, point: str) -> int:
     await writer.drain()
     received = ""
     if point == "before-first-byte":
-        await asyncio.sleep(0.05)  # the request is in; the fake waits 0.3 s to answer
+        await provider_has_it(fake)
     while not cut_here(path, point, received.split("\n\n")[:-1]):
         chunk = await asyncio.wait_for(reader.read(65536), 10)
         assert chunk, f"the answer ended before {point}: {received[-300:]}"
@@ -121,7 +132,7 @@ async def hang_up_over_http(gateway, secret: str, path: str, point: str) -> int:
     )
 
 
-async def hang_up_over_websocket(gateway, secret: str, path: str, point: str) -> int:
+async def hang_up_over_websocket(gateway, fake, secret: str, path: str, point: str) -> int:
     url = gateway.url.replace("http://", "ws://") + "/v1/responses"
     headers = {"Authorization": f"Bearer {secret}"}
     frame = {"type": "response.create", **orjson.loads(request_body(path))}
@@ -130,7 +141,7 @@ async def hang_up_over_websocket(gateway, secret: str, path: str, point: str) ->
     async with websockets.connect(url, additional_headers=headers) as socket:
         await socket.send(orjson.dumps(frame))
         if point == "before-first-byte":
-            await asyncio.sleep(0.05)
+            await provider_has_it(fake)
         while not cut_here(path, point, seen):
             seen.append(await asyncio.wait_for(socket.recv(), 10))
             if seen[-1].startswith('{"type":"error"'):
@@ -152,9 +163,9 @@ def hang_up(gateway, fake, openai_provider, provider, make_key):
         fake.enqueue(answer(path, point))
         secret = await sync_to_async(make_key)()
         if path.startswith("ws-"):
-            seen = await hang_up_over_websocket(gateway, secret, "responses", point)
+            seen = await hang_up_over_websocket(gateway, fake, secret, "responses", point)
         else:
-            seen = await hang_up_over_http(gateway, secret, path, point)
+            seen = await hang_up_over_http(gateway, fake, secret, path, point)
         return seen, "anthropic" if path == "messages" else "openai"
 
     return run
@@ -244,9 +255,9 @@ def test_hanging_up_before_the_usage_event_buys_no_extra_answers(
 
     async def one() -> bool:
         if path.startswith("ws-"):
-            seen = await hang_up_over_websocket(gateway, secret, body_path, "before-usage")
+            seen = await hang_up_over_websocket(gateway, fake, secret, body_path, "before-usage")
         else:
-            seen = await hang_up_over_http(gateway, secret, path, "before-usage")
+            seen = await hang_up_over_http(gateway, fake, secret, path, "before-usage")
         return seen == TOKENS  # -1: refused
 
     async def rounds() -> int:
