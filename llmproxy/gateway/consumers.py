@@ -61,11 +61,12 @@ class ProxyConsumer(AsyncHttpConsumer):
         if self.protocol is None:
             self.protocol = protocol_for(scope)
         incoming = self._incoming()
+        length = edge.declared_length(scope["headers"])
         try:
             # Everything the headers alone decide, the key first: a client without a valid
             # key never gets a byte of its body read.
-            policy = await self._check_head(incoming)
-            body = await edge.read_body(receive, edge.declared_length(scope["headers"]))
+            policy = await self._check_head(incoming, length)
+            body = await edge.read_body(receive, length)
         except ProxyError as error:
             # Answered before the body was read: see edge.CLOSES for what happens to the rest.
             reply = pipeline.error_reply(self.protocol, error)
@@ -88,7 +89,7 @@ class ProxyConsumer(AsyncHttpConsumer):
             await work
         watcher.cancel()
 
-    async def _check_head(self, incoming: pipeline.Incoming) -> KeyPolicy:
+    async def _check_head(self, incoming: pipeline.Incoming, length: int | None) -> KeyPolicy:
         if self.endpoint is not None and incoming.method != "POST":
             raise ProxyError(
                 ErrorKind.METHOD_NOT_ALLOWED,
@@ -96,7 +97,6 @@ class ProxyConsumer(AsyncHttpConsumer):
                 headers={"allow": "POST"},
             )
         policy = await pipeline.authenticate(incoming)
-        length = edge.declared_length(incoming.headers)
         limit = settings.LLMPROXY_MAX_BODY_BYTES
         if length is not None and length > limit:
             raise ProxyError(
@@ -188,8 +188,9 @@ async def not_found(scope, receive, send):
 
 
 async def refuse(scope, receive, send, error: ProxyError) -> None:
-    """Refuse a request from its head alone (its headers are over the limits), in the
-    client's protocol; a body it sends is never read: the connection closes after this."""
+    """Refuse a request in the client's protocol before its body was read whole (its
+    headers are over the limits; on Django's paths, its body is too slow or too big); if a
+    body follows, the connection closes after this."""
     reply = pipeline.error_reply(protocol_for(scope), error)
     headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
     if edge.has_body(scope["headers"]):
