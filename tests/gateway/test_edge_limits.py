@@ -521,3 +521,20 @@ async def test_a_frame_the_server_will_not_read_closes_the_socket_with_1009(
                 await asyncio.wait_for(socket.recv(), 10)
         assert socket.close_code == 1009
     assert fake.requests == []
+
+
+async def test_a_body_read_cancelled_from_outside_stays_cancelled_and_gives_its_bytes_back():
+    from llmproxy.gateway import edge
+
+    never = asyncio.Event()
+
+    async def receive():
+        await never.wait()
+
+    reading = asyncio.ensure_future(edge.read_body(receive, 1000))
+    await asyncio.sleep(0.01)
+    assert edge.in_flight.used == 1000
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    assert edge.in_flight.used == 0
