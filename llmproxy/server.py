@@ -12,6 +12,12 @@ closed; a head not complete within ``LLMPROXY_HEADER_TIMEOUT_SECONDS`` of the co
 of its first byte gets a 408 and is closed (a connection that sent nothing is just closed).
 Client websocket messages are capped at ``LLMPROXY_MAX_FRAME_BYTES`` (uvicorn's
 ``ws_max_size``: a bigger one closes the socket with 1009). See docs/operations.md.
+
+What uvicorn offers itself: its h11 protocol caps an incomplete head
+(``--h11-max-incomplete-event-size``, 16 KiB by default, answered with a 400) but parses in
+Python, slower than httptools; neither protocol has a deadline for a head (or for a
+connection that sends nothing): ``--timeout-keep-alive`` runs only between requests, and
+``--limit-concurrency`` counts connections and requests once a head is complete.
 """
 
 from __future__ import annotations
