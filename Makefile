@@ -20,7 +20,7 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/python -m llmproxy.localenv DJANGO_DEBUG=$${DJANGO_DEBUG:-true}
 	$(BIN)/python manage.py bootstrap --url http://$(HOST):$(PORT)
-	$(BIN)/uvicorn llmproxy.asgi:application --host $(HOST) --port $(PORT) --no-access-log
+	$(BIN)/python -m llmproxy serve --host $(HOST) --port $(PORT) --no-access-log
 
 # The real Claude Code and Codex CLIs for the end-to-end tests (skipped locally without npm).
 clients:

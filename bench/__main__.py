@@ -114,8 +114,8 @@ class Stack:
         self.gateway_pid = self.spawn(
             sys.executable,
             "-m",
-            "uvicorn",
-            "llmproxy.asgi:application",
+            "llmproxy",
+            "serve",
             "--host",
             "127.0.0.1",
             "--port",

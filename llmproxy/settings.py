@@ -182,6 +182,30 @@ LLMPROXY_KEY_HMAC_SECRET = env_str(ENV, "LLMPROXY_KEY_HMAC_SECRET", SECRET_KEY)
 # Fernet keys for provider credentials at rest; the first encrypts, all decrypt (rotation).
 LLMPROXY_ENCRYPTION_KEYS = env_list(ENV, "LLMPROXY_ENCRYPTION_KEYS", [SECRET_KEY])
 LLMPROXY_MAX_BODY_BYTES = env_int(ENV, "LLMPROXY_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024)
+# Limits at the edge (docs/operations.md): what a client can make a worker hold before its
+# key is checked, and how long it may take to send a request.
+LLMPROXY_MAX_HEADER_BYTES = env_int(ENV, "LLMPROXY_MAX_HEADER_BYTES", 64 * 1024, minimum=4096)
+LLMPROXY_MAX_HEADERS = env_int(ENV, "LLMPROXY_MAX_HEADERS", 100, minimum=16)
+LLMPROXY_HEADER_TIMEOUT_SECONDS = env_float(
+    ENV, "LLMPROXY_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.1
+)
+LLMPROXY_BODY_TIMEOUT_SECONDS = env_float(ENV, "LLMPROXY_BODY_TIMEOUT_SECONDS", 30.0, minimum=0.1)
+# Body bytes being received by one worker at once; at least one whole body must fit.
+LLMPROXY_MAX_BODY_BYTES_IN_FLIGHT = env_int(
+    ENV,
+    "LLMPROXY_MAX_BODY_BYTES_IN_FLIGHT",
+    max(256 * 1024 * 1024, LLMPROXY_MAX_BODY_BYTES),
+    minimum=LLMPROXY_MAX_BODY_BYTES,
+)
+# The client headers forwarded to a provider: each value, and all of them together.
+LLMPROXY_MAX_FORWARDED_HEADER_BYTES = env_int(
+    ENV, "LLMPROXY_MAX_FORWARDED_HEADER_BYTES", 8 * 1024, minimum=256
+)
+LLMPROXY_MAX_FORWARDED_HEADERS_TOTAL_BYTES = env_int(
+    ENV, "LLMPROXY_MAX_FORWARDED_HEADERS_TOTAL_BYTES", 32 * 1024, minimum=1024
+)
+# One websocket message from a client (Codex's response.create frames).
+LLMPROXY_MAX_FRAME_BYTES = env_int(ENV, "LLMPROXY_MAX_FRAME_BYTES", 16 * 1024 * 1024, minimum=1024)
 LLMPROXY_CONNECT_TIMEOUT = env_float(ENV, "LLMPROXY_CONNECT_TIMEOUT", 10.0, minimum=0.1)
 LLMPROXY_READ_TIMEOUT = env_float(ENV, "LLMPROXY_READ_TIMEOUT", 600.0, minimum=1.0)
 LLMPROXY_POOL_SIZE = env_int(ENV, "LLMPROXY_POOL_SIZE", 512, minimum=1)

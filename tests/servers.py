@@ -8,6 +8,8 @@ import time
 
 import uvicorn
 
+from llmproxy import server as llmproxy_server
+
 
 class CountingApp:
     """Wraps an ASGI app to record the HTTP requests and websockets that reached it."""
@@ -25,7 +27,8 @@ class CountingApp:
 
 
 class ServerThread:
-    """uvicorn serving ``app`` on 127.0.0.1:<free port> in a daemon thread of this process."""
+    """uvicorn serving ``app`` on 127.0.0.1:<free port> in a daemon thread of this process,
+    configured as ``llmproxy serve`` configures it (the limits at the edge)."""
 
     def __init__(self, app, *, lifespan: str = "on") -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -33,7 +36,9 @@ class ServerThread:
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, lifespan=lifespan, log_level="warning", access_log=False)
+        config = llmproxy_server.config(
+            app, lifespan=lifespan, log_level="warning", access_log=False
+        )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True

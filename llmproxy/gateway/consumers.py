@@ -13,14 +13,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from http import HTTPStatus
 
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
 from llmproxy.core import metrics
-from llmproxy.gateway import pipeline
+from llmproxy.gateway import edge, pipeline
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.messages import give_up
+from llmproxy.gateway.policy import KeyPolicy
 from llmproxy.gateway.protocols import anthropic, openai
 from llmproxy.gateway.protocols.base import Endpoint, Protocol
 
@@ -40,6 +42,10 @@ def protocol_for(scope) -> Protocol:
     return openai.PROTOCOL
 
 
+def failure() -> ProxyError:
+    return ProxyError(ErrorKind.INTERNAL, "The gateway failed on this request; try again.")
+
+
 class ProxyConsumer(AsyncHttpConsumer):
     protocol: Protocol | None = None
     endpoint: Endpoint | None = None  # None: the model list
@@ -57,10 +63,27 @@ class ProxyConsumer(AsyncHttpConsumer):
         self._gone = False  # the client hung up: nothing more is sent
         if self.protocol is None:
             self.protocol = protocol_for(scope)
-        body = await self._read_body(receive)
+        incoming = self._incoming()
+        length = edge.declared_length(scope["headers"])
+        try:
+            # Everything the headers alone decide, the key first: a client without a valid
+            # key never gets a byte of its body read.
+            policy = await self._check_head(incoming, length)
+            body = await edge.read_body(receive, length)
+        except ProxyError as error:
+            # Answered before the body was read: see edge.CLOSES for what happens to the rest.
+            metrics.refused(error.kind.name, self.protocol.name)
+            reply = pipeline.error_reply(self.protocol, error)
+            await self._send_reply(reply, close=error.kind in edge.CLOSES)
+            return
+        except Exception:
+            log.exception("proxy failure on %s", scope["path"])
+            await self._send_reply(pipeline.error_reply(self.protocol, failure()), close=True)
+            return
         if body is None:
             return
-        work = asyncio.ensure_future(self._respond(body))
+        incoming.body = body
+        work = asyncio.ensure_future(self._respond(incoming, policy))
         watcher = asyncio.ensure_future(self._wait_for_disconnect(receive))
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done() and not self._complete:
@@ -70,79 +93,58 @@ class ProxyConsumer(AsyncHttpConsumer):
             await work
         watcher.cancel()
 
-    async def _read_body(self, receive) -> bytes | None:
-        parts, size, limit = [], 0, settings.LLMPROXY_MAX_BODY_BYTES
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                metrics.refused("REQUEST_TOO_LARGE", self.protocol.name)
-                await self._send_reply(
-                    pipeline.error_reply(
-                        self.protocol,
-                        ProxyError(
-                            ErrorKind.REQUEST_TOO_LARGE,
-                            f"The request body is larger than {limit} bytes.",
-                        ),
-                    )
-                )
-                return None
-            parts.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(parts)
+    async def _check_head(self, incoming: pipeline.Incoming, length: int | None) -> KeyPolicy:
+        if self.endpoint is not None and incoming.method != "POST":
+            raise ProxyError(
+                ErrorKind.METHOD_NOT_ALLOWED,
+                f"Use POST for {incoming.path}.",
+                headers={"allow": "POST"},
+            )
+        policy = await pipeline.authenticate(incoming)
+        limit = settings.LLMPROXY_MAX_BODY_BYTES
+        if length is not None and length > limit:
+            raise ProxyError(
+                ErrorKind.REQUEST_TOO_LARGE, f"The request body is larger than {limit} bytes."
+            )
+        return policy
 
     @staticmethod
     async def _wait_for_disconnect(receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
 
-    def _incoming(self, body: bytes) -> pipeline.Incoming:
+    def _incoming(self) -> pipeline.Incoming:
         scope = self.scope
         return pipeline.Incoming(
             method=scope["method"],
             path=scope["path"],
             query=scope.get("query_string", b""),
             headers=scope["headers"],
-            body=body,
+            body=b"",
             arrived=self.arrived,
         )
 
-    async def _respond(self, body: bytes) -> None:
-        incoming = self._incoming(body)
+    async def _respond(self, incoming: pipeline.Incoming, policy: KeyPolicy) -> None:
         try:
             if self.endpoint is None:
-                reply = await pipeline.list_models(incoming, self.protocol)
-            elif self.scope["method"] != "POST":
-                metrics.refused("METHOD_NOT_ALLOWED", self.protocol.name)
-                reply = pipeline.error_reply(
-                    self.protocol,
-                    ProxyError(
-                        ErrorKind.METHOD_NOT_ALLOWED,
-                        f"Use POST for {self.scope['path']}.",
-                        headers={"allow": "POST"},
-                    ),
-                )
+                reply = await pipeline.list_models(incoming, self.protocol, policy)
             else:
-                reply = await pipeline.handle(incoming, self.protocol, self.endpoint)
+                reply = await pipeline.handle(incoming, self.protocol, self.endpoint, policy)
         except Exception:
             log.exception("proxy failure on %s", self.scope["path"])
-            reply = pipeline.error_reply(
-                self.protocol,
-                ProxyError(ErrorKind.INTERNAL, "The gateway failed on this request; try again."),
-            )
+            reply = pipeline.error_reply(self.protocol, failure())
         await self._send_reply(reply)
 
     async def _send(self, message: dict) -> None:
         if not self._gone:
             await self.base_send(message)
 
-    async def _send_reply(self, reply: pipeline.Reply) -> None:
+    async def _send_reply(self, reply: pipeline.Reply, close: bool = False) -> None:
         headers = reply.headers
         if reply.stream is None:
             headers = [*headers, (b"content-length", str(len(reply.body)).encode())]
+        if close and edge.has_body(self.scope["headers"]):
+            headers = [*headers, edge.CLOSE]
         try:
             await self._send(
                 {"type": "http.response.start", "status": reply.status, "headers": headers}
@@ -189,3 +191,61 @@ async def not_found(scope, receive, send):
     headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
+
+
+async def refuse(scope, receive, send, error: ProxyError) -> None:
+    """Refuse a request in the client's protocol before its body was read whole (its
+    headers are over the limits; on Django's paths, its body is too slow or too big); if a
+    body follows, the connection closes after this."""
+    reply = pipeline.error_reply(protocol_for(scope), error)
+    headers = [*reply.headers, (b"content-length", str(len(reply.body)).encode())]
+    if edge.has_body(scope["headers"]):
+        headers.append(edge.CLOSE)
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+HEAD_REFUSALS = {408: ErrorKind.REQUEST_TIMEOUT, 431: ErrorKind.HEADERS_TOO_LARGE}
+
+
+def head_refusal(status: int, message: str, path: str, headers) -> bytes:
+    """The whole HTTP response the server writes for a request head it cuts off (too big,
+    too slow; ``llmproxy.server``), in the protocol the path and the headers so far tell."""
+    error = ProxyError(HEAD_REFUSALS[status], message)
+    reply = pipeline.error_reply(protocol_for({"path": path, "headers": headers}), error)
+    lines = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}".encode()]
+    lines += [name + b": " + value for name, value in reply.headers]
+    lines += [b"content-length: %d" % len(reply.body), b"connection: close", b"", reply.body]
+    return b"\r\n".join(lines)
+
+
+def read_first(app):
+    """Django's side (admin, API, dashboard, health) with the proxy's body limits: the body is
+    read within the deadline, the size limit and the in-flight cap before Django sees it."""
+
+    async def bounded(scope, receive, send):
+        headers = scope["headers"]
+        if not edge.has_body(headers):
+            await app(scope, receive, send)
+            return
+        try:
+            length = edge.declared_length(headers)
+            limit = settings.LLMPROXY_MAX_BODY_BYTES
+            if length is not None and length > limit:
+                raise ProxyError(
+                    ErrorKind.REQUEST_TOO_LARGE, f"The request body is larger than {limit} bytes."
+                )
+            body = await edge.read_body(receive, length)
+        except ProxyError as error:
+            await refuse(scope, receive, send, error)
+            return
+        if body is None:
+            return
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replay():
+            return pending.pop() if pending else await receive()
+
+        await app(scope, replay, send)
+
+    return bounded

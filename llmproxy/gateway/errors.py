@@ -12,7 +12,9 @@ class ErrorKind(Enum):
     PERMISSION = (403, False)
     NOT_FOUND = (404, False)
     METHOD_NOT_ALLOWED = (405, False)
+    REQUEST_TIMEOUT = (408, True)
     REQUEST_TOO_LARGE = (413, False)
+    HEADERS_TOO_LARGE = (431, False)
     BILLING = (402, False)
     RATE_LIMIT = (429, True)
     UPSTREAM_CREDENTIAL = (502, False)
@@ -20,6 +22,7 @@ class ErrorKind(Enum):
     UPSTREAM_TIMEOUT = (504, True)
     UPSTREAM_BUSY = (503, True)  # the provider is unavailable for now
     UPSTREAM_OVERLOADED = (529, True)  # Anthropic's overloaded (OpenAI clients get 503)
+    OVERLOADED = (503, True)  # this gateway worker is busy; another try may land elsewhere
     INTERNAL = (500, True)
 
     @property

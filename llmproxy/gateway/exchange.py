@@ -26,7 +26,7 @@ from billing.pricing import ModelPrice, PriceBook
 from billing.records import UsageRecord
 from llmproxy.core import metrics, tracing
 from llmproxy.core.ids import new_id
-from llmproxy.gateway import upstream
+from llmproxy.gateway import edge, upstream
 from llmproxy.gateway.context import held_context
 from llmproxy.gateway.kinds import ClientRequest, UpstreamRequest, kind_of
 from llmproxy.gateway.limits import Ticket, limiter, state_headers
@@ -72,15 +72,29 @@ def client_name(incoming: Incoming) -> str:
     return agent.split(b"/", 1)[0].decode("latin-1")[:40] or "unknown"
 
 
-def upstream_headers(protocol: Protocol, provider: ProviderInfo, client: Headers) -> Headers:
+def forwarded_headers(protocol: Protocol, client: Headers) -> Headers:
+    """The client's headers that go to the provider: by allow-list, each value and all of
+    them together within the limits (431 otherwise: never forwarded)."""
+    headers = upstream.pick_headers(
+        client, protocol.request_headers, protocol.request_header_prefixes
+    )
+    edge.check_forwarded(headers)
+    return headers
+
+
+def upstream_headers(
+    protocol: Protocol,
+    provider: ProviderInfo,
+    client: Headers,
+    forwarded: Headers | None = None,
+) -> Headers:
     """The client's headers by allow-list, the protocol's defaults, the provider's extra
     headers; the provider's kind adds its credential (gateway/kinds).
 
     The client's own credential is never among them: it is not on any allow-list.
+    ``forwarded``: the client's headers as ``forwarded_headers`` already picked them.
     """
-    headers = upstream.pick_headers(
-        client, protocol.request_headers, protocol.request_header_prefixes
-    )
+    headers = list(forwarded) if forwarded is not None else forwarded_headers(protocol, client)
     present = {name for name, _ in headers}
     headers += [h for h in protocol.default_headers() if h[0] not in present]
     headers += [(k.encode(), v.encode()) for k, v in provider.extra_headers]
@@ -118,6 +132,8 @@ class Exchange:
         self.attempts = 1  # upstream attempts this call took (failover, overload retries)
         self.use(candidates[0])
         self.ticket: Ticket | None = None
+        # The client headers to forward, picked and checked by pipeline.prepare.
+        self.forwarded: Headers | None = None
         self.request_id = new_id()
         self.created_at = datetime.now(UTC)
         self.started = incoming.arrived or time.perf_counter()
@@ -161,7 +177,7 @@ class Exchange:
 
     async def upstream_request(self) -> UpstreamRequest:
         protocol = self.protocol
-        headers = upstream_headers(protocol, self.provider, self.incoming.headers)
+        headers = upstream_headers(protocol, self.provider, self.incoming.headers, self.forwarded)
         # Identity encoding: the taps read the bytes they relay.
         headers.append((b"accept-encoding", b"identity"))
         body = self.incoming.body

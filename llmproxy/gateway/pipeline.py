@@ -19,7 +19,7 @@ from llmproxy.core import metrics
 from llmproxy.gateway import sharing, upstream
 from llmproxy.gateway.context import held_context
 from llmproxy.gateway.errors import ErrorKind, ProxyError
-from llmproxy.gateway.exchange import Exchange, client_name, upstream_headers
+from llmproxy.gateway.exchange import Exchange, client_name, forwarded_headers, upstream_headers
 from llmproxy.gateway.forwarding import forward
 from llmproxy.gateway.kinds import kind_of
 from llmproxy.gateway.limits import limiter
@@ -37,6 +37,7 @@ __all__ = [
     "client_name",
     "error_reply",
     "forward",
+    "forwarded_headers",
     "handle",
     "list_models",
     "prepare",
@@ -132,24 +133,33 @@ def route(catalog: Catalog, protocol: Protocol, policy: KeyPolicy, info) -> list
     return found
 
 
-async def prepare(incoming: Incoming, protocol: Protocol, endpoint: Endpoint) -> Exchange:
-    """Authenticate, read and authorize the request, and pick its provider."""
-    policy = await authenticate(incoming)
+async def prepare(
+    incoming: Incoming, protocol: Protocol, endpoint: Endpoint, policy: KeyPolicy | None = None
+) -> Exchange:
+    """Authenticate (unless the caller did, from the headers), read and authorize the
+    request, and pick its provider."""
+    if policy is None:
+        policy = await authenticate(incoming)
+    forwarded = forwarded_headers(protocol, incoming.headers)
     info = protocol.inspect(endpoint, protocol.read(incoming.body), incoming.headers)
     info.held_references += protocol.held_references(incoming.body)
     info.held_prompt_tokens = held_context.tokens(policy.subject, info)
     authorize(policy, protocol, endpoint, info)
     catalog = await policies.catalog()
     candidates = route(catalog, protocol, policy, info)
-    return Exchange(incoming, protocol, endpoint, policy, info, candidates, catalog.prices)
+    exchange = Exchange(incoming, protocol, endpoint, policy, info, candidates, catalog.prices)
+    exchange.forwarded = forwarded
+    return exchange
 
 
 # --- entry points ------------------------------------------------------------------------
 
 
-async def handle(incoming: Incoming, protocol: Protocol, endpoint: Endpoint) -> Reply:
+async def handle(
+    incoming: Incoming, protocol: Protocol, endpoint: Endpoint, policy: KeyPolicy | None = None
+) -> Reply:
     try:
-        exchange = await prepare(incoming, protocol, endpoint)
+        exchange = await prepare(incoming, protocol, endpoint, policy)
         if exchange.info.kind == "compaction":
             return await sharing.share(exchange, admit_and_forward)
         await exchange.admit()
@@ -172,10 +182,13 @@ def refusal(protocol: Protocol, error: ProxyError) -> Reply:
     return error_reply(protocol, error)
 
 
-async def list_models(incoming: Incoming, protocol: Protocol) -> Reply:
+async def list_models(
+    incoming: Incoming, protocol: Protocol, policy: KeyPolicy | None = None
+) -> Reply:
     """The key's allowed models, in the protocol's list shape."""
     try:
-        policy = await authenticate(incoming)
+        if policy is None:
+            policy = await authenticate(incoming)
         # The list is an upstream call with the organisation's credential: it counts
         # against the key's request rate like any other.
         ticket = await limiter().admit(policy, billed=False)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from llmproxy.gateway.consumers import ProxyConsumer, head_ok, not_found
+from llmproxy.gateway import edge
+from llmproxy.gateway.consumers import ProxyConsumer, head_ok, not_found, read_first, refuse
 from llmproxy.gateway.protocols import anthropic, openai
 from llmproxy.gateway.sockets import ResponsesSocket
 
@@ -58,8 +59,13 @@ def websocket_routes() -> dict[str, ASGIApp]:
 def http_router(fallback: ASGIApp) -> ASGIApp:
 
     routes = proxy_routes()
+    fallback = read_first(fallback)
 
     async def route(scope, receive, send):
+        error = edge.scope_header_error(scope)
+        if error is not None:  # on every path: the admin and the API too
+            await refuse(scope, receive, send, error)
+            return
         path = scope["path"]
         app = routes.get(path)
         if app is None and path.endswith("/") and len(path) > 1:

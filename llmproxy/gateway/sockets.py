@@ -29,7 +29,7 @@ from django.conf import settings
 
 from llmproxy.core import metrics
 from llmproxy.core.ids import new_id
-from llmproxy.gateway import pipeline, upstream
+from llmproxy.gateway import edge, pipeline, upstream
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.kinds import kind_of
 from llmproxy.gateway.messages import give_up
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 TERMINAL = (b"response.completed", b"response.incomplete", b"response.failed")
 HISTORY_KEPT = 8  # responses remembered per connection for previous_response_id
+# Frames received while earlier ones are still being answered; more get an error frame.
+MAX_QUEUED_FRAMES = 4
 
 
 class History:
@@ -141,7 +143,17 @@ class ResponsesSocket(AsyncConsumer):
         if (await receive())["type"] != "websocket.connect":
             return
         if not settings.LLMPROXY_WEBSOCKETS:
-            await self._refuse_upgrade(scope, send)
+            error = ProxyError(ErrorKind.INVALID_REQUEST, "Websockets are off here; use HTTP.")
+            await self._refuse_upgrade(scope, send, 426, error, fallback=1013)
+            return
+        try:
+            # The same header limits as an HTTP request, before the upgrade is accepted.
+            error = edge.scope_header_error(scope)
+            if error is not None:
+                raise error
+            pipeline.forwarded_headers(openai.PROTOCOL, scope["headers"])
+        except ProxyError as error:
+            await self._refuse_upgrade(scope, send, error.kind.status, error, fallback=1008)
             return
         incoming = pipeline.Incoming("GET", scope["path"], b"", scope["headers"], b"")
         await send({"type": "websocket.accept"})
@@ -152,7 +164,7 @@ class ResponsesSocket(AsyncConsumer):
             await self._send_json(error_frame(error))
             await send({"type": "websocket.close", "code": 1008})
             return
-        frames: asyncio.Queue[str | None] = asyncio.Queue()
+        frames: asyncio.Queue[str | ProxyError | None] = asyncio.Queue()
         worker = asyncio.ensure_future(self._work(frames))
         metrics.OPEN_WEBSOCKETS.inc()
         try:
@@ -161,10 +173,7 @@ class ResponsesSocket(AsyncConsumer):
                 if message["type"] == "websocket.disconnect":
                     break
                 if message["type"] == "websocket.receive":
-                    text = message.get("text")
-                    if text is None:
-                        text = (message.get("bytes") or b"").decode("utf-8", "replace")
-                    frames.put_nowait(text)
+                    frames.put_nowait(self._frame(message, frames.qsize()))
         finally:
             # The client is gone: frames it queued are dropped, the response in flight may
             # read on briefly for its usage figure, then it is stopped and settled.
@@ -179,22 +188,47 @@ class ResponsesSocket(AsyncConsumer):
                 await socket.close()
             metrics.OPEN_WEBSOCKETS.dec()
 
-    async def _refuse_upgrade(self, scope, send) -> None:
-        """426: Codex falls back to HTTP at once (anything else costs it retries)."""
-        if "websocket.http.response" in scope.get("extensions", {}):
-            body = openai.PROTOCOL.error_body(
-                ProxyError(ErrorKind.INVALID_REQUEST, "Websockets are off here; use HTTP.")
+    @staticmethod
+    def _frame(message: dict, queued: int) -> str | ProxyError:
+        """A received message as the text to handle, or the error its answer will be (in
+        turn, after the frames before it): too big, or too many frames already waiting."""
+        text = message.get("text")
+        if text is None:
+            raw = message.get("bytes") or b""
+            size = len(raw)
+        else:
+            size = len(text) if text.isascii() else len(text.encode())
+        limit = settings.LLMPROXY_MAX_FRAME_BYTES
+        if size > limit:
+            return ProxyError(
+                ErrorKind.REQUEST_TOO_LARGE, f"A frame is larger than {limit} bytes ({size})."
             )
+        if queued >= MAX_QUEUED_FRAMES:
+            return ProxyError(
+                ErrorKind.RATE_LIMIT,
+                f"More than {MAX_QUEUED_FRAMES} frames are waiting on this socket; send the "
+                "next one when a response is done.",
+                retry_after=1,
+            )
+        return raw.decode("utf-8", "replace") if text is None else text
+
+    async def _refuse_upgrade(
+        self, scope, send, status: int, error: ProxyError, fallback: int
+    ) -> None:
+        """Refuse the upgrade with an HTTP answer in the OpenAI shape (426 when websockets
+        are off: Codex falls back to HTTP at once; anything else costs it retries)."""
+        if "websocket.http.response" in scope.get("extensions", {}):
+            body = openai.PROTOCOL.error_body(error)
             await send(
                 {
                     "type": "websocket.http.response.start",
-                    "status": 426,
+                    "status": status,
                     "headers": [(b"content-type", b"application/json")],
                 }
             )
             await send({"type": "websocket.http.response.body", "body": body})
         else:
-            await send({"type": "websocket.close", "code": 1013})
+            await send({"type": "websocket.close", "code": fallback})
 
     async def _send_json(self, event: dict) -> None:
         await self._send_text(orjson.dumps(event).decode())
@@ -203,12 +237,14 @@ class ResponsesSocket(AsyncConsumer):
         if not self.gone:
             await self.base_send({"type": "websocket.send", "text": text})
 
-    async def _work(self, frames: asyncio.Queue[str | None]) -> None:
+    async def _work(self, frames: asyncio.Queue[str | ProxyError | None]) -> None:
         while True:
             text = await frames.get()
             if text is None:
                 return
             try:
+                if isinstance(text, ProxyError):
+                    raise text
                 await self._handle(text)
             except ProxyError as error:
                 metrics.refused(error.kind.name, "openai")

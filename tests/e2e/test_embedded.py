@@ -48,7 +48,7 @@ def test_the_embedded_gateway_serves_prices_and_records(fake_server, tmp_path):
            "--api-key", "sk-embedded-upstream")  # fmt: skip
     secret = manage("createkey", "laptop", "--budget", "1").splitlines()[-1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "llmproxy.asgi:application", "--port", str(port)],
+        [sys.executable, "-m", "llmproxy", "serve", "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

@@ -84,6 +84,16 @@ def test_scaled_mode_from_database_and_redis_urls(tmp_path):
         ({"DJANGO_DEBUG": "true", "REDIS_URL": "http://localhost:6379"}, "REDIS_URL"),
         ({"DJANGO_DEBUG": "true", "DJANGO_ALLOWED_HOSTS": "a,,b"}, "DJANGO_ALLOWED_HOSTS"),
         ({"DJANGO_DEBUG": "true", "LLMPROXY_READ_TIMEOUT": "soon"}, "LLMPROXY_READ_TIMEOUT"),
+        # at least one whole body must fit in flight
+        (
+            {"DJANGO_DEBUG": "true", "LLMPROXY_MAX_BODY_BYTES_IN_FLIGHT": "1048576"},
+            "LLMPROXY_MAX_BODY_BYTES_IN_FLIGHT",
+        ),
+        (
+            {"DJANGO_DEBUG": "true", "LLMPROXY_BODY_TIMEOUT_SECONDS": "0"},
+            "LLMPROXY_BODY_TIMEOUT_SECONDS",
+        ),
+        ({"DJANGO_DEBUG": "true", "LLMPROXY_MAX_HEADERS": "many"}, "LLMPROXY_MAX_HEADERS"),
     ],
 )
 def test_malformed_values_stop_startup_naming_the_variable(tmp_path, variables, named):

@@ -29,7 +29,9 @@ ERROR_TYPES = {
     ErrorKind.PERMISSION: "permission_error",
     ErrorKind.NOT_FOUND: "not_found_error",
     ErrorKind.METHOD_NOT_ALLOWED: "invalid_request_error",
+    ErrorKind.REQUEST_TIMEOUT: "timeout_error",
     ErrorKind.REQUEST_TOO_LARGE: "request_too_large",
+    ErrorKind.HEADERS_TOO_LARGE: "request_too_large",
     ErrorKind.BILLING: "billing_error",
     ErrorKind.RATE_LIMIT: "rate_limit_error",
     ErrorKind.UPSTREAM_CREDENTIAL: "api_error",
@@ -37,6 +39,7 @@ ERROR_TYPES = {
     ErrorKind.UPSTREAM_TIMEOUT: "timeout_error",
     ErrorKind.UPSTREAM_BUSY: "api_error",
     ErrorKind.UPSTREAM_OVERLOADED: "overloaded_error",
+    ErrorKind.OVERLOADED: "overloaded_error",
     ErrorKind.INTERNAL: "api_error",
 }
 

@@ -30,7 +30,9 @@ ERRORS = {
     ErrorKind.PERMISSION: ("permission_error", "permission_denied"),
     ErrorKind.NOT_FOUND: ("invalid_request_error", "model_not_found"),
     ErrorKind.METHOD_NOT_ALLOWED: ("invalid_request_error", "method_not_allowed"),
+    ErrorKind.REQUEST_TIMEOUT: ("invalid_request_error", "request_timeout"),
     ErrorKind.REQUEST_TOO_LARGE: ("invalid_request_error", "request_too_large"),
+    ErrorKind.HEADERS_TOO_LARGE: ("invalid_request_error", "request_header_fields_too_large"),
     ErrorKind.BILLING: ("insufficient_quota", "insufficient_quota"),
     ErrorKind.RATE_LIMIT: ("requests", "rate_limit_exceeded"),
     ErrorKind.UPSTREAM_CREDENTIAL: ("server_error", "upstream_credential_rejected"),
@@ -38,6 +40,7 @@ ERRORS = {
     ErrorKind.UPSTREAM_TIMEOUT: ("server_error", "upstream_timeout"),
     ErrorKind.UPSTREAM_BUSY: ("server_error", "service_unavailable"),
     ErrorKind.UPSTREAM_OVERLOADED: ("server_error", "service_unavailable"),
+    ErrorKind.OVERLOADED: ("server_error", "server_overloaded"),
     ErrorKind.INTERNAL: ("server_error", None),
 }
 
