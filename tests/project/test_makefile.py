@@ -24,9 +24,7 @@ def test_make_run_port_reaches_the_admin_url_and_the_server():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any("manage.py bootstrap --url http://127.0.0.1:8001" in line for line in lines)
-    assert any(
-        "uvicorn llmproxy.asgi:application" in line and "--port 8001" in line for line in lines
-    )
+    assert any("-m llmproxy serve" in line and "--port 8001" in line for line in lines)
     assert not any("8000" in line for line in lines)
 
 
