@@ -29,8 +29,11 @@ import os
 import uvicorn
 from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import MAX_LINE_LENGTH as WS_MAX_LINE
 from websockets.http11 import MAX_NUM_HEADERS as WS_MAX_HEADERS
+
+from llmproxy.core import draining
 
 APPLICATION = "llmproxy.asgi:application"
 # A head the application would accept, with its framing: ": " and CRLF per header, the
@@ -200,10 +203,40 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+class DrainingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websocket protocol, but a shutdown while draining does not cut the socket
+    at once (uvicorn closes every open websocket with 1012 when it begins to shut down):
+    the application finishes the turn in flight and closes the socket itself, telling the
+    client to reconnect (``sockets.ResponsesSocket``). A socket still open near the end of
+    the grace period gets uvicorn's 1012."""
+
+    def shutdown(self) -> None:
+        if not draining.is_draining() or not self.handshake_complete or self.close_sent:
+            super().shutdown()
+            return
+        late = max(settings.LLMPROXY_DRAIN_GRACE_SECONDS - 1.0, 0.0)
+        self.loop.call_later(late, self._shutdown_late)
+
+    def _shutdown_late(self) -> None:
+        if not self.transport.is_closing():
+            super().shutdown()
+
+
+def server_options() -> dict:
+    """What ``llmproxy serve`` sets on uvicorn besides the command line."""
+    return {
+        "http": EdgeHttpProtocol,
+        "ws": DrainingWebSocketProtocol,
+        "ws_max_size": settings.LLMPROXY_MAX_FRAME_BYTES,
+        # After the listener closes, open calls get this long to finish.
+        "timeout_graceful_shutdown": settings.LLMPROXY_DRAIN_GRACE_SECONDS,
+    }
+
+
 def config(app, **options) -> uvicorn.Config:
     """uvicorn's Config with the gateway's limits: ``llmproxy serve``, the tests, bench."""
-    options.setdefault("http", EdgeHttpProtocol)
-    options.setdefault("ws_max_size", settings.LLMPROXY_MAX_FRAME_BYTES)
+    for name, value in server_options().items():
+        options.setdefault(name, value)
     return uvicorn.Config(app, **options)
 
 
@@ -237,6 +270,13 @@ def main(argv: list[str] | None = None) -> None:
         "--forwarded-allow-ips",
         help="IPs whose X-Forwarded-For / -Proto are trusted (uvicorn's; default 127.0.0.1)",
     )
+    serve.add_argument(
+        "--worker-start-timeout",
+        type=int,
+        default=60,
+        help="seconds a new worker may take to start (a SIGHUP replaces the workers one by "
+        "one, each new one serving before the old one drains; default 60)",
+    )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", action="store_true")
     args = parser.parse_args(argv)
@@ -251,8 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         forwarded_allow_ips=args.forwarded_allow_ips,
         log_level=args.log_level,
         access_log=not args.no_access_log,
-        http=EdgeHttpProtocol,
-        ws_max_size=settings.LLMPROXY_MAX_FRAME_BYTES,
+        timeout_worker_healthcheck=args.worker_start_timeout,
+        **server_options(),
     )
 
 

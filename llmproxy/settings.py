@@ -206,6 +206,10 @@ LLMPROXY_MAX_FORWARDED_HEADERS_TOTAL_BYTES = env_int(
 )
 # One websocket message from a client (Codex's response.create frames).
 LLMPROXY_MAX_FRAME_BYTES = env_int(ENV, "LLMPROXY_MAX_FRAME_BYTES", 16 * 1024 * 1024, minimum=1024)
+# Deploys (docs/operations.md): after a SIGTERM, how long open streams and websocket turns
+# may take to finish, and how long the listener stays open first (readiness failing).
+LLMPROXY_DRAIN_GRACE_SECONDS = env_float(ENV, "LLMPROXY_DRAIN_GRACE_SECONDS", 30.0, minimum=0.0)
+LLMPROXY_DRAIN_DELAY_SECONDS = env_float(ENV, "LLMPROXY_DRAIN_DELAY_SECONDS", 0.0, minimum=0.0)
 LLMPROXY_CONNECT_TIMEOUT = env_float(ENV, "LLMPROXY_CONNECT_TIMEOUT", 10.0, minimum=0.1)
 LLMPROXY_READ_TIMEOUT = env_float(ENV, "LLMPROXY_READ_TIMEOUT", 600.0, minimum=1.0)
 LLMPROXY_POOL_SIZE = env_int(ENV, "LLMPROXY_POOL_SIZE", 512, minimum=1)

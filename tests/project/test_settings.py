@@ -179,7 +179,11 @@ def test_database_url_may_name_a_sqlite_file(tmp_path, monkeypatch):
     assert relative["ENGINE"] == "django.db.backends.sqlite3"
     assert relative["NAME"] == tmp_path / "data" / "gw.sqlite3"  # from the working directory
     # the same options as the default SQLite file: WAL, and a wait for a locked database
-    assert relative["OPTIONS"] == {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}
+    assert relative["OPTIONS"] == {
+        "init_command": "PRAGMA journal_mode=WAL;",
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+    }
     absolute = env.parse_database_url("DATABASE_URL", "sqlite:////srv/llmproxy/db.sqlite3")
     assert absolute["NAME"] == Path("/srv/llmproxy/db.sqlite3")
     for url in ("sqlite://:memory:", "sqlite://"):
