@@ -172,6 +172,62 @@ def test_the_learned_cap_is_used_by_the_next_compaction(gateway, capped, make_op
     recorded(first_calls - first_refused + len(calls(capped)))
 
 
+def test_a_chunk_that_learns_a_smaller_cap_resplits_the_chunks_not_sent_yet(
+    gateway, capped, make_openai_key, settings
+):
+    settings.LLMPROXY_COMPACTION_CONCURRENCY = 1  # one sibling after the other
+    secret = make_openai_key()
+    response = compact(gateway, secret, trigger_body(history()))
+    assert response.status_code == 200
+    # The whole history, the first 4 MiB chunk, the first 2 MiB chunk: each taught a
+    # smaller cap, and every chunk after was cut to it before it was sent.
+    refused = [size for size in sizes(capped) if size > CAP]
+    assert len(refused) == 3
+    assert refused[0] > 4 * MiB > refused[1] > 2 * MiB > refused[2] > CAP
+
+
+def test_the_fan_out_shares_one_budget_of_calls(gateway, capped, make_openai_key, settings):
+    settings.LLMPROXY_COMPACTION_MAX_CALLS = 4
+    secret = make_openai_key()
+    response = compact(gateway, secret, trigger_body(history()))
+    assert response.status_code == 413
+    assert "LLMPROXY_COMPACTION_MAX_CALLS" in response.json()["error"]["message"]
+    assert response.headers["x-should-retry"] == "false"
+    assert len(calls(capped)) <= 1 + 4  # the whole history, then the fan-out's four
+
+
+def test_compactions_of_one_history_share_their_common_chunk_calls(
+    gateway, capped, make_openai_key, recorded
+):
+    secret = make_openai_key()
+    items = history()
+    assert compact(gateway, secret, trigger_body(items)).status_code == 200  # learns 1 MiB
+    alone = len(calls(capped)) - sum(size > CAP for size in sizes(capped)) - 1
+    capped.requests.clear()
+    capped.openai.default = fo.response(
+        compaction=True, input_tokens=1000, output_tokens=100, head_delay=0.3
+    )
+    longer = [*items, {"type": "message", "role": "user", "id": "msg_more",
+                       "content": [{"type": "input_text", "text": "one more thing"}]}]  # fmt: skip
+    barrier = threading.Barrier(2)
+    answers: list[httpx.Response] = []
+
+    def one(body: bytes) -> None:
+        barrier.wait()
+        answers.append(compact(gateway, secret, body))
+
+    threads = [threading.Thread(target=one, args=(trigger_body(h),)) for h in (items, longer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert [a.status_code for a in answers] == [200, 200]
+    bodies = [r.body for r in capped.requests if r.method == "POST"]
+    assert len(bodies) == len(set(bodies))
+    # Both histories' chunks, less the ones they have in common, and two final calls.
+    assert len(bodies) < 2 * alone + 2
+
+
 def test_a_small_compaction_under_the_learned_cap_goes_whole(gateway, capped, make_openai_key):
     secret = make_openai_key()
     assert compact(gateway, secret, trigger_body(history(tag="a"))).status_code == 200
