@@ -245,6 +245,11 @@ LLMPROXY_BREAKER_FAILURES = env_int(ENV, "LLMPROXY_BREAKER_FAILURES", 5, minimum
 LLMPROXY_BREAKER_SECONDS = env_float(ENV, "LLMPROXY_BREAKER_SECONDS", 30.0, minimum=0.0)
 LLMPROXY_RETRY_SECONDS = env_float(ENV, "LLMPROXY_RETRY_SECONDS", 8.0, minimum=0.0)
 LLMPROXY_RETRY_AFTER_PASS_ON = env_float(ENV, "LLMPROXY_RETRY_AFTER_PASS_ON", 60.0, minimum=0.0)
+# A Codex compaction the provider refuses as too large (413) is compacted in chunks
+# (gateway/compaction.py): at most this many chunk calls at once, and at most this many
+# upstream calls for the whole fan-out.
+LLMPROXY_COMPACTION_CONCURRENCY = env_int(ENV, "LLMPROXY_COMPACTION_CONCURRENCY", 4, minimum=1)
+LLMPROXY_COMPACTION_MAX_CALLS = env_int(ENV, "LLMPROXY_COMPACTION_MAX_CALLS", 64, minimum=2)
 # A client that hangs up before its answer ended: read on this long for the provider's own
 # usage figure (sending nothing), then stop and record an estimate.
 LLMPROXY_ABANDONED_READ_SECONDS = env_float(

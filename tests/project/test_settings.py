@@ -94,6 +94,14 @@ def test_scaled_mode_from_database_and_redis_urls(tmp_path):
             "LLMPROXY_BODY_TIMEOUT_SECONDS",
         ),
         ({"DJANGO_DEBUG": "true", "LLMPROXY_MAX_HEADERS": "many"}, "LLMPROXY_MAX_HEADERS"),
+        (
+            {"DJANGO_DEBUG": "true", "LLMPROXY_COMPACTION_CONCURRENCY": "0"},
+            "LLMPROXY_COMPACTION_CONCURRENCY",
+        ),
+        (
+            {"DJANGO_DEBUG": "true", "LLMPROXY_COMPACTION_MAX_CALLS": "lots"},
+            "LLMPROXY_COMPACTION_MAX_CALLS",
+        ),
     ],
 )
 def test_malformed_values_stop_startup_naming_the_variable(tmp_path, variables, named):
