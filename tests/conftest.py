@@ -13,6 +13,7 @@ from billing.models import Price
 from llmproxy.gateway import services as provider_services
 from llmproxy.gateway.usage_sink import sink as usage_sink
 from tests.fakes import OPENAI_CREDENTIAL, UPSTREAM_CREDENTIAL
+from tests.fakes import fake_bedrock as fb
 from tests.fakes.fake_provider import FakeProviderThread
 from tests.servers import CountingApp, ServerThread
 
@@ -215,3 +216,51 @@ def _fresh_circuit_breakers():
     failover.breaker.reset()
     yield
     failover.breaker.reset()
+
+
+# --- the clouds' fakes (tests/fakes/fake_bedrock.py, fake_vertex.py, fake_azure.py) ----------
+
+
+@pytest.fixture(scope="session")
+def bedrock_server():
+    with FakeProviderThread(fb.FakeBedrock) as server:
+        yield server
+
+
+@pytest.fixture
+def bedrock(bedrock_server):
+    fake = bedrock_server.fake
+    fake.clear()
+    fake.set_default(None)
+    yield fake
+    fake.clear()
+
+
+@pytest.fixture
+def add_bedrock(bedrock, transactional_db):
+    """A Bedrock-kind provider on the fake, serving claude-test-* as its own model id."""
+    from llmproxy.gateway.models import ModelRoute
+
+    def add(credential: str = fb.CREDENTIAL, **options):
+        provider, _ = provider_services.upsert_provider(
+            name="bedrock-us", kind="bedrock", base_url=bedrock.url, credential=credential,
+            options={"region": fb.REGION, **options},
+        )  # fmt: skip
+        ModelRoute.objects.create(
+            pattern="claude-test-*", provider=provider, upstream_model=fb.MODEL_ID
+        )
+        return provider
+
+    return add
+
+
+@pytest.fixture
+def bedrock_provider(add_bedrock):
+    provider = add_bedrock()
+    # Bedrock's own price for the model (cloud prices can differ from the kind's row)
+    Price.objects.create(
+        model_pattern="claude-test-*", provider_kind="anthropic", provider=provider,
+        input_per_mtok=Decimal(4), output_per_mtok=Decimal(20),
+        cache_read_per_mtok=Decimal("0.4"), cache_write_5m_per_mtok=Decimal(5),
+    )  # fmt: skip
+    return provider
