@@ -1,0 +1,91 @@
+"""The real CLIs through providers of the cloud kinds: Claude Code through Bedrock and
+Vertex, Codex through Azure, each against its fake on loopback, with usage and cost
+recorded at the provider's own price."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from accounts import services as key_services
+from tests.e2e.clients import run_claude
+from tests.fakes import MODEL
+from tests.fakes import fake_provider as fu
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cli]
+
+ARGS = ("--model", MODEL)
+
+
+@pytest.fixture(autouse=True)
+def nothing_leaves_the_machine(sink):
+    yield
+    assert sink.requests == []
+
+
+def new_key() -> str:
+    return key_services.create_key(name="cloud key", budget_usd=Decimal(5))[1]
+
+
+def tool_results(messages: list[dict]) -> list[dict]:
+    return [
+        block
+        for message in messages
+        if isinstance(message["content"], list)
+        for block in message["content"]
+        if block.get("type") == "tool_result"
+    ]
+
+
+def claude_text_turn(gateway, fake, recorded, tmp_path, sink, price: tuple[int, int]):
+    secret = new_key()
+    fake.enqueue(fu.text("Hi from the cloud.", input_tokens=321, output_tokens=17))
+    run = run_claude(gateway.url, "say hi", home=tmp_path, sink=sink, api_key=secret, args=ARGS)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.result["result"] == "Hi from the cloud."
+    assert len(fake.requests) == 1
+    assert all(secret not in value for _, value in fake.requests[0].headers)
+    (event,) = recorded(1)
+    assert event.client == "claude-code" and event.model == MODEL
+    assert (event.input_tokens, event.output_tokens) == (321, 17)
+    assert event.cost_usd == Decimal(321 * price[0] + 17 * price[1]) / 10**6
+    return fake.requests[0]
+
+
+def claude_tool_turn(gateway, fake, recorded, tmp_path, sink):
+    secret = new_key()
+    fake.enqueue(
+        fu.tool_use(
+            "Bash",
+            {"command": "echo hi", "description": "Print hi"},
+            thinking="The user wants me to run echo.",
+        ),
+        fu.text("The command printed hi.", input_tokens=50, output_tokens=8),
+    )
+    run = run_claude(gateway.url, "run echo hi", home=tmp_path, sink=sink, api_key=secret,
+                     args=(*ARGS, "--allowedTools", "Bash"))  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.result["result"] == "The command printed hi."
+    assert len(fake.requests) == 2
+    results = tool_results(fake.requests[1].json["messages"])
+    assert results and "hi" in str(results[-1]["content"])
+    events = recorded(2)
+    assert [e.output_tokens for e in events] == [20, 8]
+    assert all(e.cost_usd > 0 for e in events)
+
+
+# --- Bedrock -----------------------------------------------------------------------------
+
+
+def test_claude_code_through_bedrock(gateway, bedrock, bedrock_provider, recorded, tmp_path, sink):
+    seen = claude_text_turn(gateway, bedrock, recorded, tmp_path, sink, price=(4, 20))
+    assert seen.path.endswith("/invoke-with-response-stream")
+    assert bedrock.signature_failures == []
+
+
+def test_a_claude_code_tool_turn_through_bedrock(
+    gateway, bedrock, bedrock_provider, recorded, tmp_path, sink
+):
+    claude_tool_turn(gateway, bedrock, recorded, tmp_path, sink)
+    assert bedrock.signature_failures == []
