@@ -14,6 +14,7 @@ from llmproxy.gateway import services as provider_services
 from llmproxy.gateway.usage_sink import sink as usage_sink
 from tests.fakes import OPENAI_CREDENTIAL, UPSTREAM_CREDENTIAL
 from tests.fakes import fake_bedrock as fb
+from tests.fakes import fake_vertex as fv
 from tests.fakes.fake_provider import FakeProviderThread
 from tests.servers import CountingApp, ServerThread
 
@@ -262,5 +263,53 @@ def bedrock_provider(add_bedrock):
         model_pattern="claude-test-*", provider_kind="anthropic", provider=provider,
         input_per_mtok=Decimal(4), output_per_mtok=Decimal(20),
         cache_read_per_mtok=Decimal("0.4"), cache_write_5m_per_mtok=Decimal(5),
+    )  # fmt: skip
+    return provider
+
+
+@pytest.fixture(scope="session")
+def vertex_server():
+    with FakeProviderThread(fv.FakeVertex) as server:
+        yield server
+
+
+@pytest.fixture
+def vertex(vertex_server):
+    fake = vertex_server.fake
+    fake.clear()
+    fake.set_default(None)
+    yield fake
+    fake.clear()
+
+
+@pytest.fixture
+def add_vertex(vertex, transactional_db):
+    """A Vertex-kind provider on the fake with a service account its token endpoint knows."""
+    from llmproxy.gateway.kinds import kind_of
+    from llmproxy.gateway.models import ModelRoute
+
+    kind_of("vertex").tokens.clear()  # no token of an earlier test's account or fake
+
+    def add(credential: str | None = None, name: str = "vertex-us", **options):
+        provider, _ = provider_services.upsert_provider(
+            name=name, kind="vertex", base_url=vertex.url,
+            credential=credential or vertex.new_account(), options={"region": fv.REGION, **options},
+        )  # fmt: skip
+        ModelRoute.objects.create(
+            pattern="claude-test-*", provider=provider, upstream_model=fv.MODEL_ID
+        )
+        return provider
+
+    yield add
+    kind_of("vertex").tokens.clear()
+
+
+@pytest.fixture
+def vertex_provider(add_vertex):
+    provider = add_vertex()
+    Price.objects.create(
+        model_pattern="claude-test-*", provider_kind="anthropic", provider=provider,
+        input_per_mtok=Decimal("3.3"), output_per_mtok=Decimal("16.5"),
+        cache_read_per_mtok=Decimal("0.33"),
     )  # fmt: skip
     return provider

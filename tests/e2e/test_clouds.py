@@ -38,19 +38,24 @@ def tool_results(messages: list[dict]) -> list[dict]:
     ]
 
 
-def claude_text_turn(gateway, fake, recorded, tmp_path, sink, price: tuple[int, int]):
+def calls(fake) -> list:
+    """The model calls the fake saw (not its token endpoint's)."""
+    return [r for r in fake.requests if r.path != "/token"]
+
+
+def claude_text_turn(gateway, fake, recorded, tmp_path, sink, price: tuple):
     secret = new_key()
     fake.enqueue(fu.text("Hi from the cloud.", input_tokens=321, output_tokens=17))
     run = run_claude(gateway.url, "say hi", home=tmp_path, sink=sink, api_key=secret, args=ARGS)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.result["result"] == "Hi from the cloud."
-    assert len(fake.requests) == 1
-    assert all(secret not in value for _, value in fake.requests[0].headers)
+    (seen,) = calls(fake)
+    assert all(secret not in value for _, value in seen.headers)
     (event,) = recorded(1)
     assert event.client == "claude-code" and event.model == MODEL
     assert (event.input_tokens, event.output_tokens) == (321, 17)
     assert event.cost_usd == Decimal(321 * price[0] + 17 * price[1]) / 10**6
-    return fake.requests[0]
+    return seen
 
 
 def claude_tool_turn(gateway, fake, recorded, tmp_path, sink):
@@ -67,8 +72,8 @@ def claude_tool_turn(gateway, fake, recorded, tmp_path, sink):
                      args=(*ARGS, "--allowedTools", "Bash"))  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.result["result"] == "The command printed hi."
-    assert len(fake.requests) == 2
-    results = tool_results(fake.requests[1].json["messages"])
+    _, followup = calls(fake)
+    results = tool_results(followup.json["messages"])
     assert results and "hi" in str(results[-1]["content"])
     events = recorded(2)
     assert [e.output_tokens for e in events] == [20, 8]
@@ -89,3 +94,21 @@ def test_a_claude_code_tool_turn_through_bedrock(
 ):
     claude_tool_turn(gateway, bedrock, recorded, tmp_path, sink)
     assert bedrock.signature_failures == []
+
+
+# --- Vertex ------------------------------------------------------------------------------
+
+
+def test_claude_code_through_vertex(gateway, vertex, vertex_provider, recorded, tmp_path, sink):
+    seen = claude_text_turn(
+        gateway, vertex, recorded, tmp_path, sink, price=(Decimal("3.3"), Decimal("16.5"))
+    )
+    assert seen.path.endswith(":streamRawPredict")
+    assert vertex.token_requests == 1 and vertex.refused_tokens == []
+
+
+def test_a_claude_code_tool_turn_through_vertex(
+    gateway, vertex, vertex_provider, recorded, tmp_path, sink
+):
+    claude_tool_turn(gateway, vertex, recorded, tmp_path, sink)
+    assert vertex.token_requests == 1 and vertex.refused_tokens == []

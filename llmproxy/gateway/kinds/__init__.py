@@ -12,9 +12,10 @@ from __future__ import annotations
 from llmproxy.gateway.kinds.base import ClientRequest, CredentialUnreachable, Kind, UpstreamRequest
 from llmproxy.gateway.kinds.bedrock import BedrockKind
 from llmproxy.gateway.kinds.direct import AnthropicKind, OpenAIKind
+from llmproxy.gateway.kinds.vertex import VertexKind
 
 KINDS: dict[str, Kind] = {
-    kind.name: kind for kind in (AnthropicKind(), OpenAIKind(), BedrockKind())
+    kind.name: kind for kind in (AnthropicKind(), OpenAIKind(), BedrockKind(), VertexKind())
 }
 
 
