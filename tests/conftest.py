@@ -13,6 +13,7 @@ from billing.models import Price
 from llmproxy.gateway import services as provider_services
 from llmproxy.gateway.usage_sink import sink as usage_sink
 from tests.fakes import OPENAI_CREDENTIAL, UPSTREAM_CREDENTIAL
+from tests.fakes import fake_azure as fa
 from tests.fakes import fake_bedrock as fb
 from tests.fakes import fake_vertex as fv
 from tests.fakes.fake_provider import FakeProviderThread
@@ -311,5 +312,50 @@ def vertex_provider(add_vertex):
         model_pattern="claude-test-*", provider_kind="anthropic", provider=provider,
         input_per_mtok=Decimal("3.3"), output_per_mtok=Decimal("16.5"),
         cache_read_per_mtok=Decimal("0.33"),
+    )  # fmt: skip
+    return provider
+
+
+@pytest.fixture(scope="session")
+def azure_server():
+    with FakeProviderThread(fa.FakeAzure) as server:
+        yield server
+
+
+@pytest.fixture
+def azure(azure_server):
+    fake = azure_server.fake
+    fake.clear()
+    fake.set_default(None)
+    yield fake
+    fake.clear()
+
+
+@pytest.fixture
+def add_azure(azure, transactional_db):
+    """An Azure-kind provider on the fake; ``pattern`` routes to its deployment."""
+    from llmproxy.gateway.kinds import kind_of
+    from llmproxy.gateway.models import ModelRoute
+
+    kind_of("azure").tokens.clear()
+
+    def add(credential: str = fa.API_KEY, pattern: str = "gpt-test-*", **options):
+        provider, _ = provider_services.upsert_provider(
+            name="azure-eu", kind="azure", base_url=azure.url, credential=credential,
+            options=options,
+        )  # fmt: skip
+        ModelRoute.objects.create(pattern=pattern, provider=provider, upstream_model=fa.DEPLOYMENT)
+        return provider
+
+    yield add
+    kind_of("azure").tokens.clear()
+
+
+@pytest.fixture
+def azure_provider(add_azure):
+    provider = add_azure()
+    Price.objects.create(
+        model_pattern="gpt-test-*", provider_kind="openai", provider=provider,
+        input_per_mtok=Decimal(2), output_per_mtok=Decimal(12), cache_read_per_mtok=Decimal("0.2"),
     )  # fmt: skip
     return provider
