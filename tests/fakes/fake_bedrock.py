@@ -231,8 +231,9 @@ class FakeBedrock(FakeProvider):
         app.router.add_post("/model/{model}/count-tokens", self._count_tokens)
         return app
 
-    def _aws_error(self, status: int, kind: str, message: str) -> web.Response:
+    def _aws_error(self, status: int, kind: str, message: str, **extra: str) -> web.Response:
         headers = {
+            **extra,
             "x-amzn-RequestId": str(uuid.uuid4()),
             "x-amzn-ErrorType": f"{kind}:http://internal.amazon.com/coral/com.amazon.coral.service/",
         }
@@ -293,7 +294,8 @@ class FakeBedrock(FakeProvider):
         if reply.error is not None:
             error = reply.error.get("error", {})
             kind = _ERROR_TYPES.get(reply.status, "InternalServerException")
-            return self._aws_error(reply.status, kind, str(error.get("message", "")))
+            said = str(error.get("message", ""))
+            return self._aws_error(reply.status, kind, said, **reply.headers)
         model = unquote(request.match_info["model"])
         if request.path.endswith("/invoke-with-response-stream"):
             return await self._stream_events(request, reply, model)
