@@ -27,6 +27,7 @@ from llmproxy.core import metrics
 from llmproxy.gateway import failover, upstream
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.exchange import CLIENT_CLOSED, Exchange
+from llmproxy.gateway.kinds import CredentialUnreachable
 from llmproxy.gateway.messages import Reply, error_reply
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ async def attempt(exchange: Exchange) -> Reply | Failure:
     protocol, provider = exchange.protocol, exchange.provider
     try:
         request = await exchange.upstream_request()
+    except CredentialUnreachable as error:  # a token endpoint down: like a connection error
+        return Failure(error_reply(protocol, error), 0, f"{provider.name}: {error.message}")
     except ProxyError as error:
         exchange.reached = False
         await exchange.settle(error.kind.status, error=error.message, partial=False)
@@ -166,6 +169,7 @@ async def attempt(exchange: Exchange) -> Reply | Failure:
         return Failure(reply, 0, note, reached=error.kind is ErrorKind.UPSTREAM_TIMEOUT)
     status = response.status_code
     if status >= 400:
+        exchange.status = status  # an error answer: nothing generated, nothing to estimate
         body = await _error_body(response)
         reply = provider_error(exchange, response, body)
         said = exchange.kind.error_message(body)
@@ -264,7 +268,9 @@ def provider_error(exchange: Exchange, response: httpx.Response, body: bytes) ->
         return Reply(status, headers, body)
     name = exchange.provider.name
     if mapped is None:
-        error = ProxyError(ErrorKind.INVALID_REQUEST, said or f"HTTP {status}")
+        # Restated for a provider that speaks another shape (Bedrock's, Google's).
+        restated = ErrorKind.RATE_LIMIT if status == 429 else ErrorKind.INVALID_REQUEST
+        error = ProxyError(restated, said or f"HTTP {status}")
         error.status = status
     elif status == 401:
         error = ProxyError(

@@ -492,8 +492,8 @@ def _dumps(value: Any) -> str:
 class FakeProviderThread:
     """The fake in its own event loop on a daemon thread (for sync tests and fixtures)."""
 
-    def __init__(self, **kwargs) -> None:
-        self.fake = FakeProvider(**kwargs)
+    def __init__(self, fake_class: type[FakeProvider] | None = None, **kwargs) -> None:
+        self.fake = (fake_class or FakeProvider)(**kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
