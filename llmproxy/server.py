@@ -32,6 +32,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.http11 import MAX_LINE_LENGTH as WS_MAX_LINE
 from websockets.http11 import MAX_NUM_HEADERS as WS_MAX_HEADERS
 
+from llmproxy.core import login_client
+
 APPLICATION = "llmproxy.asgi:application"
 # A head the application would accept, with its framing: ": " and CRLF per header, the
 # method, the protocol version and the blank line.
@@ -239,7 +241,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", action="store_true")
+    _sign_in_commands(commands)
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        # A developer's machine: no Django settings, no database, only the sign-in.
+        code = login_client.run(args.command, args.gateway, open_browser=args.browser)
+        raise SystemExit(code)
     uvicorn.run(
         APPLICATION,
         host=args.host,
@@ -254,6 +261,28 @@ def main(argv: list[str] | None = None) -> None:
         http=EdgeHttpProtocol,
         ws_max_size=settings.LLMPROXY_MAX_FRAME_BYTES,
     )
+
+
+def _sign_in_commands(commands) -> None:
+    login = commands.add_parser(
+        "login",
+        help="sign in to a gateway from this terminal (for Codex and apiKeyHelper)",
+        description="Sign in to an llmproxy gateway with the device flow: approve the code "
+        "shown here on the gateway's /device page. Credentials are kept in "
+        "$XDG_CONFIG_HOME/llmproxy/credentials.json (mode 0600).",
+    )
+    login.add_argument("--gateway", required=True, help="the gateway's URL")
+    login.add_argument("--browser", action="store_true", help="open the page in a browser")
+    token = commands.add_parser(
+        "token",
+        help="print a current access token (Codex's auth command, Claude Code's apiKeyHelper)",
+        description="Print a current access token, refreshed when needed. Exits 1 with a "
+        "message to run `llmproxy login` when signed out or revoked.",
+    )
+    logout = commands.add_parser("logout", help="revoke this terminal's sign-in and forget it")
+    for parser in (token, logout):
+        parser.add_argument("--gateway", help="the gateway's URL (default: the last signed in)")
+        parser.set_defaults(browser=False)
 
 
 if __name__ == "__main__":
