@@ -33,7 +33,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import MAX_LINE_LENGTH as WS_MAX_LINE
 from websockets.http11 import MAX_NUM_HEADERS as WS_MAX_HEADERS
 
-from llmproxy.core import draining
+from llmproxy.core import draining, login_client
 
 APPLICATION = "llmproxy.asgi:application"
 # A head the application would accept, with its framing: ": " and CRLF per header, the
@@ -279,7 +279,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", action="store_true")
+    _sign_in_commands(commands)
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        # A developer's machine: no Django settings, no database, only the sign-in.
+        code = login_client.run(args.command, args.gateway, open_browser=args.browser)
+        raise SystemExit(code)
     uvicorn.run(
         APPLICATION,
         host=args.host,
@@ -294,6 +299,28 @@ def main(argv: list[str] | None = None) -> None:
         timeout_worker_healthcheck=args.worker_start_timeout,
         **server_options(),
     )
+
+
+def _sign_in_commands(commands) -> None:
+    login = commands.add_parser(
+        "login",
+        help="sign in to a gateway from this terminal (for Codex and apiKeyHelper)",
+        description="Sign in to an llmproxy gateway with the device flow: approve the code "
+        "shown here on the gateway's /device page. Credentials are kept in "
+        "$XDG_CONFIG_HOME/llmproxy/credentials.json (mode 0600).",
+    )
+    login.add_argument("--gateway", required=True, help="the gateway's URL")
+    login.add_argument("--browser", action="store_true", help="open the page in a browser")
+    token = commands.add_parser(
+        "token",
+        help="print a current access token (Codex's auth command, Claude Code's apiKeyHelper)",
+        description="Print a current access token, refreshed when needed. Exits 1 with a "
+        "message to run `llmproxy login` when signed out or revoked.",
+    )
+    logout = commands.add_parser("logout", help="revoke this terminal's sign-in and forget it")
+    for parser in (token, logout):
+        parser.add_argument("--gateway", help="the gateway's URL (default: the last signed in)")
+        parser.set_defaults(browser=False)
 
 
 if __name__ == "__main__":

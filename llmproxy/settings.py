@@ -237,6 +237,11 @@ LLMPROXY_ACCESS_TOKEN_SECONDS = env_int(ENV, "LLMPROXY_ACCESS_TOKEN_SECONDS", 36
 LLMPROXY_REFRESH_TOKEN_SECONDS = env_int(
     ENV, "LLMPROXY_REFRESH_TOKEN_SECONDS", 30 * 86_400, minimum=300
 )
+# The device grant behind them: how long a user code may be entered, how often a client may
+# poll, and how many wrong user codes a person (or an address) may try per quarter hour.
+LLMPROXY_DEVICE_CODE_SECONDS = env_int(ENV, "LLMPROXY_DEVICE_CODE_SECONDS", 600, minimum=60)
+LLMPROXY_DEVICE_POLL_SECONDS = env_int(ENV, "LLMPROXY_DEVICE_POLL_SECONDS", 5, minimum=1)
+LLMPROXY_DEVICE_CODE_ATTEMPTS = env_int(ENV, "LLMPROXY_DEVICE_CODE_ATTEMPTS", 10, minimum=1)
 # Failover and overload: a provider that failed this many times in a row before its first
 # byte is skipped for this long; 429/503/529 answers are retried (with jitter, across the
 # route's providers) for at most LLMPROXY_RETRY_SECONDS; a Retry-After longer than

@@ -52,6 +52,7 @@ class ProxyError(Exception):
         self.message = message
         self.retry_after = retry_after
         self.headers = dict(headers or {})
+        self.status: int | None = None  # another status than the kind's, for one client
 
     def response_headers(self) -> list[tuple[bytes, bytes]]:
         headers = [(name.encode(), value.encode()) for name, value in self.headers.items()]
