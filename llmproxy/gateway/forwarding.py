@@ -292,8 +292,7 @@ def provider_error(exchange: Exchange, response: httpx.Response, body: bytes) ->
     seconds = retry_after(response)
     if seconds is not None:
         error.retry_after = int(seconds)
-    reply = error_reply(exchange.protocol, error)
-    reply.status = getattr(error, "status", reply.status)
+    reply = error_reply(exchange.protocol, error)  # error.status, where set, wins
     reply.headers = [*reply.headers, *_passed_headers(exchange, response)]
     return reply
 

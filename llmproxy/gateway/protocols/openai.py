@@ -428,6 +428,8 @@ class OpenAI(Protocol):
     def error_status(self, error: ProxyError) -> int:
         # OpenAI clients know insufficient_quota as a 429 they must not retry, and have no
         # 529: an overloaded provider is a 503 to them.
+        if error.status is not None:
+            return error.status
         if error.kind is ErrorKind.BILLING:
             return 429
         if error.kind is ErrorKind.UPSTREAM_OVERLOADED:
