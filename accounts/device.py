@@ -127,7 +127,8 @@ def poll(*, device_code: str) -> Issued:
 def _poll(device_code: str) -> Issued | SignInError:
     # Errors are returned, not raised, so the poll's bookkeeping is committed with them.
     row = (
-        DeviceAuthorization.objects.select_for_update()
+        # Only the row is locked: PostgreSQL cannot lock the nullable side of a join.
+        DeviceAuthorization.objects.select_for_update(of=("self",))
         .select_related("person")
         .filter(device_digest=_digest_of_device(device_code))
         .first()
