@@ -127,9 +127,9 @@ def poll(*, device_code: str) -> Issued:
 def _poll(device_code: str) -> Issued | SignInError:
     # Errors are returned, not raised, so the poll's bookkeeping is committed with them.
     row = (
-        # Only the row is locked: PostgreSQL cannot lock the nullable side of a join.
-        DeviceAuthorization.objects.select_for_update(of=("self",))
-        .select_related("person")
+        # No join: a poll that waited for the approval's lock must read the approver from
+        # the committed row (PostgreSQL rechecks only the locked row, not a joined one).
+        DeviceAuthorization.objects.select_for_update()
         .filter(device_digest=_digest_of_device(device_code))
         .first()
     )
