@@ -127,8 +127,9 @@ def poll(*, device_code: str) -> Issued:
 def _poll(device_code: str) -> Issued | SignInError:
     # Errors are returned, not raised, so the poll's bookkeeping is committed with them.
     row = (
+        # No join: a poll that waited for the approval's lock must read the approver from
+        # the committed row (PostgreSQL rechecks only the locked row, not a joined one).
         DeviceAuthorization.objects.select_for_update()
-        .select_related("person")
         .filter(device_digest=_digest_of_device(device_code))
         .first()
     )

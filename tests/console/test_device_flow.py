@@ -343,3 +343,34 @@ def test_over_budget_a_claude_code_sign_in_gets_the_spend_cap_answer(gateway, pr
         ).status_code
         == 402
     )
+
+
+def test_a_poll_that_waits_for_the_approvals_lock_gets_the_tokens(
+    postgres, transactional_db, alice
+):
+    """PostgreSQL rechecks only the locked row after waiting: the approver must be read from
+    it, not from a join made before the approval committed."""
+    import threading
+
+    from django.db import connections, transaction
+
+    started = device.start(client="claude_code")
+    row = DeviceAuthorization.objects.get()
+    locked, answer = threading.Event(), {}
+
+    def approve_slowly() -> None:
+        with transaction.atomic():
+            DeviceAuthorization.objects.select_for_update().get(pk=row.pk)
+            locked.set()
+            time.sleep(0.5)  # the poll is waiting for this lock now
+            DeviceAuthorization.objects.filter(pk=row.pk).update(status="approved", person=alice)
+        connections.close_all()
+
+    approver = threading.Thread(target=approve_slowly)
+    approver.start()
+    assert locked.wait(5)
+    try:
+        answer["issued"] = device.poll(device_code=started.device_code)
+    finally:
+        approver.join()
+    assert answer["issued"].access_token.startswith("llmpa-")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import time
+from decimal import Decimal
 
 import pytest
 
-from accounts.models import SignInToken
+from accounts.models import Person, SignInToken
 from tests.e2e import claude_tui
 from tests.e2e.browser_step import Browser
 from tests.e2e.clients import ClientRun, _environment, _run, require_binary
@@ -99,12 +100,23 @@ def test_claude_code_signs_in_with_login_runs_refreshes_and_logs_out(
     assert not [line for line in sink.requests if "127.0.0.1" in line]
 
 
-def test_a_disabled_person_is_cut_off_and_asked_to_log_in_again(
+def test_over_budget_then_disabled_a_signed_in_claude_code_is_told_why_and_cut_off(
     gateway, fake, provider, person, tmp_path, sink
 ):
     sign_in(gateway, tmp_path, sink)
     fake.set_default(fu.text("ok"))
     assert claude_p(tmp_path, sink).returncode == 0
+
+    # Over the person's budget: the gateway's message as a spend limit, one attempt only.
+    Person.objects.update_or_create(user=person, defaults={"budget_usd": Decimal(0)})
+    time.sleep(1)  # the gateway's policy refresh
+    gateway.app.requests.clear()
+    run = claude_p(tmp_path, sink)
+    assert run.returncode != 0
+    assert run.result["result"].startswith("Your budget of $0"), run.result["result"]
+    assert [r for r in gateway.app.requests if r[1] == "/v1/messages"] == [("POST", "/v1/messages")]
+    Person.objects.filter(user=person).update(budget_usd=None)
+    Person.objects.get(user=person).save()  # saved, so the policy cache hears of it
     person.is_active = False
     person.save()
     time.sleep(1)  # the gateway's policy refresh
