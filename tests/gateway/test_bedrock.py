@@ -302,3 +302,15 @@ def test_the_fakes_event_stream_decodes_with_its_crcs():
     buffer.add_data(corrupt)
     with pytest.raises(ChecksumMismatch):
         list(buffer)
+
+
+def test_a_malformed_stored_credential_is_a_502_not_a_500(
+    gateway, bedrock, bedrock_provider, secret
+):
+    bedrock_provider.credential = "only-an-id"  # saved past the checks (a direct model save)
+    bedrock_provider.save()
+    answer = post(gateway, secret, {"model": MODEL, "max_tokens": 5, "messages": MESSAGES})
+    assert answer.status_code == 502
+    assert "bedrock-us" in answer.text and "secret access key" in answer.text
+    assert "only-an-id" not in answer.text
+    assert bedrock.requests == []
