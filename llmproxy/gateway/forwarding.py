@@ -50,6 +50,16 @@ class Failure:
     reached: bool = False  # the provider may have seen (and billed) the request
 
 
+class TooLarge(Exception):
+    """The provider refused a body as too large (413) for a call that handles that itself
+    (``Exchange.splits_on_413``: a Codex compaction). The call is not settled yet."""
+
+    def __init__(self, reply: Reply, size: int) -> None:
+        super().__init__(f"HTTP 413 for a body of {size} bytes")
+        self.reply = reply  # what the client would get for it
+        self.size = size  # the body the provider refused
+
+
 def buffered(response: httpx.Response) -> bool:
     """Is this a non-streamed answer small enough to read whole before replying?"""
     if response.headers.get("content-type", "").startswith("text/event-stream"):
@@ -70,6 +80,8 @@ async def forward(exchange: Exchange) -> Reply:
     """Send the call to its candidates in order until one answers (see the module's doc)."""
     try:
         return await _forward(exchange)
+    except TooLarge:
+        raise  # the caller compacts in chunks and settles the call (gateway/compaction.py)
     except BaseException:
         # Cancelled (client gone) or a bug before an answer was handed on: settle it.
         await exchange.settle(CLIENT_CLOSED, error="cancelled before reply", partial=True)
@@ -162,6 +174,8 @@ async def attempt(exchange: Exchange) -> Reply | Failure:
         reply = provider_error(exchange, response, body)
         said = exchange.kind.error_message(body)
         note = f"{provider.name} answered HTTP {status}" + (f": {said}" if said else "")
+        if status == 413 and exchange.splits_on_413:
+            raise TooLarge(reply, len(request.body))
         if status in RETRYABLE:
             return Failure(reply, status, note, retry_after(response))
         await exchange.settle(reply.status, error=note, partial=False)
