@@ -293,7 +293,8 @@ def provider_error(exchange: Exchange, response: httpx.Response, body: bytes) ->
     if seconds is not None:
         error.retry_after = int(seconds)
     reply = error_reply(exchange.protocol, error)
-    reply.status = getattr(error, "status", reply.status)
+    if error.status is not None:  # a restated 4xx keeps the provider's status
+        reply.status = error.status
     reply.headers = [*reply.headers, *_passed_headers(exchange, response)]
     return reply
 

@@ -126,7 +126,7 @@ def test_a_tool_turn_streams_its_input(gateway, bedrock, secret, recorded):
 @pytest.mark.parametrize(
     ("status", "client_status", "error_type"),
     [(400, 400, "invalid_request_error"), (429, 429, "rate_limit_error"),
-     (500, 502, "api_error"), (503, 503, "overloaded_error")],
+     (500, 502, "api_error"), (503, 503, "api_error")],
 )  # fmt: skip
 def test_bedrock_errors_follow_the_status_table(
     gateway, bedrock, secret, recorded, status, client_status, error_type
