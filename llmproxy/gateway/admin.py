@@ -3,6 +3,8 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin
 
+from llmproxy.gateway import services
+from llmproxy.gateway.kinds import kind_of
 from llmproxy.gateway.models import ModelRoute, Provider
 
 
@@ -18,17 +20,33 @@ class ProviderForm(forms.ModelForm):
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Stored encrypted and never shown again. Leave empty to keep the current key.",
+        help_text="Stored encrypted and never shown again. Leave empty to keep the current key. "
+        "Bedrock: ACCESS_KEY_ID:SECRET_ACCESS_KEY (or empty for the standard AWS sources); "
+        "Vertex: the service account's JSON key; Azure: the resource key, or Entra JSON.",
     )
 
     class Meta:
         model = Provider
-        fields = ["name", "kind", "base_url", "api_key", "extra_headers", "websockets", "enabled"]
+        fields = [
+            "name", "kind", "base_url", "api_key", "extra_headers", "options", "websockets",
+            "enabled",
+        ]  # fmt: skip
 
     def clean(self):
         cleaned = super().clean()
-        if not self.instance.has_credential and not cleaned.get("api_key"):
+        kind = cleaned.get("kind")
+        if kind is None:
+            return cleaned
+        credential = cleaned.get("api_key") or self.instance.credential
+        if not credential and kind_of(kind).credential_required:
             self.add_error("api_key", "A new provider needs its API key.")
+            return cleaned
+        try:
+            cleaned["options"] = services.check_provider(
+                kind=kind, credential=credential, options=cleaned.get("options") or {}
+            )
+        except services.InvalidProvider as exc:
+            self.add_error("api_key" if exc.field == "credential" else "options", str(exc))
         return cleaned
 
     def save(self, commit=True):

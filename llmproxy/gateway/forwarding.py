@@ -292,7 +292,9 @@ def provider_error(exchange: Exchange, response: httpx.Response, body: bytes) ->
     seconds = retry_after(response)
     if seconds is not None:
         error.retry_after = int(seconds)
-    reply = error_reply(exchange.protocol, error)  # error.status, where set, wins
+    reply = error_reply(exchange.protocol, error)
+    if error.status is not None:  # a restated 4xx keeps the provider's status
+        reply.status = error.status
     reply.headers = [*reply.headers, *_passed_headers(exchange, response)]
     return reply
 

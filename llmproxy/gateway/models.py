@@ -41,9 +41,10 @@ class Provider(models.Model):
     )
     websockets = models.BooleanField(
         default=False,
-        help_text="OpenAI kind only: the provider serves the Responses API over a websocket at "
-        "GET {base URL}/v1/responses (OpenAI's does). Codex's websocket sessions then hold one "
-        "upstream socket each; otherwise each turn is bridged to HTTP streaming.",
+        help_text="OpenAI and Azure kinds: the provider serves the Responses API over a "
+        "websocket at GET {base URL}/v1/responses (OpenAI's does; Azure: "
+        "{base URL}/openai/v1/responses). Codex's websocket sessions then hold one upstream "
+        "socket each; otherwise each turn is bridged to HTTP streaming.",
     )
     options = models.JSONField(
         default=dict,

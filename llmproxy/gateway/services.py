@@ -8,15 +8,28 @@ from llmproxy.gateway.kinds import kind_of
 from llmproxy.gateway.models import ModelRoute, Provider
 
 
+class InvalidProvider(ValueError):
+    """What is wrong with a provider's credential or options (never the credential itself)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field  # "credential" or "options"
+
+
 def check_provider(*, kind: str, credential: str, options: dict) -> dict:
-    """The options as the kind needs them; ValueError says what is wrong (never the
-    credential itself)."""
+    """The options as the kind needs them; InvalidProvider says what is wrong."""
     found = kind_of(kind)
     if found.credential_required and not credential:
-        raise ValueError(f"a {kind} provider needs its credential")
-    if credential:
-        found.check_credential(credential)
-    return found.check_options(dict(options))
+        raise InvalidProvider("credential", f"A {kind} provider needs its credential.")
+    try:
+        if credential:
+            found.check_credential(credential)
+    except ValueError as exc:
+        raise InvalidProvider("credential", str(exc)) from None
+    try:
+        return found.check_options(dict(options))
+    except ValueError as exc:
+        raise InvalidProvider("options", str(exc)) from None
 
 
 @transaction.atomic

@@ -126,7 +126,7 @@ def test_a_tool_turn_streams_its_input(gateway, bedrock, secret, recorded):
 @pytest.mark.parametrize(
     ("status", "client_status", "error_type"),
     [(400, 400, "invalid_request_error"), (429, 429, "rate_limit_error"),
-     (500, 502, "api_error"), (503, 503, "overloaded_error")],
+     (500, 502, "api_error"), (503, 503, "api_error")],
 )  # fmt: skip
 def test_bedrock_errors_follow_the_status_table(
     gateway, bedrock, secret, recorded, status, client_status, error_type
@@ -302,3 +302,15 @@ def test_the_fakes_event_stream_decodes_with_its_crcs():
     buffer.add_data(corrupt)
     with pytest.raises(ChecksumMismatch):
         list(buffer)
+
+
+def test_a_malformed_stored_credential_is_a_502_not_a_500(
+    gateway, bedrock, bedrock_provider, secret
+):
+    bedrock_provider.credential = "only-an-id"  # saved past the checks (a direct model save)
+    bedrock_provider.save()
+    answer = post(gateway, secret, {"model": MODEL, "max_tokens": 5, "messages": MESSAGES})
+    assert answer.status_code == 502
+    assert "bedrock-us" in answer.text and "secret access key" in answer.text
+    assert "only-an-id" not in answer.text
+    assert bedrock.requests == []

@@ -9,6 +9,7 @@ from rest_framework import serializers
 
 from accounts.models import ApiKey, ApiToken, Team
 from billing.models import Price, UsageEvent
+from llmproxy.gateway import services as gateway_services
 from llmproxy.gateway.models import ModelRoute, Provider
 
 
@@ -163,18 +164,29 @@ class ProviderSerializer(StrictModelSerializer):
         write_only=True, required=False, help_text="Write-only: stored encrypted, never read."
     )
     extra_headers = HeadersField(required=False)
+    options = ObjectField(
+        required=False, help_text="What the kind needs: region, project, api_version, ..."
+    )
     has_credential = serializers.BooleanField(read_only=True)
 
     class Meta:
         model = Provider
         fields = [
             "id", "name", "kind", "base_url", "credential", "has_credential", "extra_headers",
-            "websockets", "enabled", "created_at", "updated_at",
+            "options", "websockets", "enabled", "created_at", "updated_at",
         ]  # fmt: skip
 
     def validate(self, attrs):
-        if self.instance is None and not attrs.get("credential"):
-            raise serializers.ValidationError({"credential": "A new provider needs its API key."})
+        instance = self.instance
+        kind = attrs.get("kind", instance.kind if instance else "")
+        credential = attrs.get("credential") or (instance.credential if instance else "")
+        options = attrs.get("options", instance.options if instance else {})
+        try:
+            attrs["options"] = gateway_services.check_provider(
+                kind=kind, credential=credential, options=options or {}
+            )
+        except gateway_services.InvalidProvider as exc:
+            raise serializers.ValidationError({exc.field: str(exc)}) from None
         return attrs
 
     def _save(self, provider: Provider, validated: dict) -> Provider:

@@ -86,7 +86,13 @@ class AWSCredentials:
         self._parsed: dict[str, ReadOnlyCredentials | None] = {}
 
     async def get(self, provider: ProviderInfo) -> ReadOnlyCredentials:
-        own = self._own(provider.credential)
+        try:
+            own = self._own(provider.credential)
+        except ValueError as exc:
+            raise ProxyError(
+                ErrorKind.UPSTREAM_CREDENTIAL,
+                f"Provider {provider.name!r}: {exc}. An admin must fix its credential.",
+            ) from None
         if own is not None:
             return own
         chain = self._chain
@@ -103,7 +109,9 @@ class AWSCredentials:
 
     def _own(self, text: str) -> ReadOnlyCredentials | None:
         if text not in self._parsed:
-            self._parsed = {text: parse_credential(text)}  # one provider's record at a time
+            if len(self._parsed) >= 64:  # a few providers' records; old ones are dropped
+                self._parsed.clear()
+            self._parsed[text] = parse_credential(text)
         return self._parsed[text]
 
     def _resolve(self) -> Credentials | None:

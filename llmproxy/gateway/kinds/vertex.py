@@ -90,7 +90,9 @@ class VertexKind(Kind):
                     ErrorKind.UPSTREAM_CREDENTIAL,
                     f"Provider {provider.name!r}: {exc}. An admin must fix its credential.",
                 ) from None
-            self._accounts = {provider.credential: info}  # one account's key at a time
+            if len(self._accounts) >= 64:  # a few providers' keys; old ones are dropped
+                self._accounts.clear()
+            self._accounts[provider.credential] = info
         return info
 
     async def access_token(self, provider: ProviderInfo) -> str:
