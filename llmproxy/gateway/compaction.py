@@ -415,7 +415,7 @@ class Fallback:
     async def learn(self, refused: int, reply: Reply) -> int:
         cap = smaller_cap(await self.cap(), refused)
         if cap is None:
-            raise Failed(reply, f"the provider refused {refused} bytes, under the {FLOOR} floor")
+            raise Failed(reply, f"the provider refused {refused} bytes (the floor is {FLOOR})")
         self.known = await caps().lower(self.key, cap)
         return self.known
 

@@ -158,38 +158,49 @@ def run_codex(
     timeout: float = 120,
     auth_command: list[str] | None = None,
     env: dict[str, str] | None = None,
+    builtin_provider: bool = False,
 ) -> ClientRun:
     """``codex exec`` with the gateway as its provider; the key in LLMPROXY_API_KEY, or,
-    with ``auth_command``, whatever that command prints ([model_providers.<id>.auth])."""
+    with ``auth_command``, whatever that command prints ([model_providers.<id>.auth]).
+    ``builtin_provider``: Codex's own ``openai`` provider pointed at the gateway
+    (``openai_base_url``; websocket first, remote compaction with ``compaction_trigger``)
+    instead of a custom provider."""
     binary = require_binary("codex")
     codex_home = home / ".codex"
     codex_home.mkdir(parents=True, exist_ok=True)
     base = base_url.rstrip("/")
-    lines = [
-        'model = "gpt-5.5"',
-        'model_provider = "llmproxy"',
-        *(f"{name} = {json.dumps(value)}" for name, value in (config or {}).items()),
-        "",
-        "[model_providers.llmproxy]",
-        'name = "llmproxy"',
-        f'base_url = "{base if base.endswith("/v1") else base + "/v1"}"',
-        'wire_api = "responses"',
-        f"supports_websockets = {'true' if websockets else 'false'}",
-    ]
-    if auth_command is None:
-        lines.append('env_key = "LLMPROXY_API_KEY"')
+    url = base if base.endswith("/v1") else base + "/v1"
+    settings = [f"{name} = {json.dumps(value)}" for name, value in (config or {}).items()]
+    if builtin_provider:
+        lines = ['model = "gpt-5.5"', f'openai_base_url = "{url}"', *settings]
     else:
-        lines += [
+        lines = [
+            'model = "gpt-5.5"',
+            'model_provider = "llmproxy"',
+            *settings,
             "",
-            "[model_providers.llmproxy.auth]",
-            f"command = {json.dumps(auth_command[0])}",
-            f"args = {json.dumps(auth_command[1:])}",
-            "timeout_ms = 20000",
+            "[model_providers.llmproxy]",
+            'name = "llmproxy"',
+            f'base_url = "{url}"',
+            'wire_api = "responses"',
+            f"supports_websockets = {'true' if websockets else 'false'}",
         ]
+        if auth_command is None:
+            lines.append('env_key = "LLMPROXY_API_KEY"')
+        else:
+            lines += [
+                "",
+                "[model_providers.llmproxy.auth]",
+                f"command = {json.dumps(auth_command[0])}",
+                f"args = {json.dumps(auth_command[1:])}",
+                "timeout_ms = 20000",
+            ]
     (codex_home / "config.toml").write_text("\n".join(lines) + "\n")
     work = home / "work"
     work.mkdir(parents=True, exist_ok=True)
     extra = {"CODEX_HOME": str(codex_home), "LLMPROXY_API_KEY": key, **(env or {})}
+    if builtin_provider:
+        extra["CODEX_API_KEY"] = key
     argv = [str(binary), "exec", "--skip-git-repo-check", "--json", *args, prompt]
     run = _run(argv, _environment(home, sink, extra), work, timeout)
     for line in run.stdout.splitlines():

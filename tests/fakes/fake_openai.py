@@ -275,6 +275,9 @@ class OpenAIRoutes:
         self.ws_one_response = False  # True: close each websocket after one response (idle limit)
         self.ws_connections = 0
         self.default: OpenAIReply | None = None  # the OpenAI answer when none is queued
+        # When set, the answer to every request whose input ends with compaction_trigger,
+        # leaving the queue to the other requests.
+        self.compactions: OpenAIReply | None = None
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_post("/v1/responses", self.responses)
@@ -303,6 +306,11 @@ class OpenAIRoutes:
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         data = await self._data(request)
+        items = data.get("input")
+        last = items[-1] if isinstance(items, list) and items else None
+        trigger = isinstance(last, dict) and last.get("type") == "compaction_trigger"
+        if self.compactions is not None and trigger:
+            return await self._answer(request, self.compactions, data)
         reply = self._next(response())
         return await self._answer(request, reply, data)
 

@@ -276,6 +276,7 @@ class FakeProvider:
             self.openai.ws_connections = 0
             self.openai.ws_one_response = False
             self.openai.default = None
+            self.openai.compactions = None
             self.not_json = False
             self.body_cap = None
 

@@ -9,6 +9,7 @@ exec_command calls and their outputs, the trailing compaction_trigger), grown to
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from decimal import Decimal
 
@@ -418,3 +419,40 @@ async def frames(socket) -> list[dict]:
         events.append(event)
         if event["type"] in ("response.completed", "response.failed", "error"):
             return events
+
+
+@pytest.mark.cli
+def test_the_real_codex_cli_compacts_through_a_413(
+    gateway, fake, make_openai_key, recorded, tmp_path, sink
+):
+    """Codex's own provider (websocket first, bridged here; remote compaction with
+    compaction_trigger): two tool calls with long outputs, then usage over the
+    auto-compaction limit, so Codex compacts a history larger than the fake takes."""
+    from tests.e2e.clients import run_codex
+
+    secret = make_openai_key()
+    fake.body_cap = 80 * 1024
+    fake.openai.compactions = fo.response(compaction=True, input_tokens=1000, output_tokens=50)
+    long_output = json.dumps({"cmd": "seq 1 9000"})
+    fake.enqueue(
+        fo.function_call("exec_command", long_output, input_tokens=100, output_tokens=10),
+        fo.function_call("exec_command", long_output, input_tokens=9000, output_tokens=10),
+    )
+    fake.set_default(fo.response("All done.", input_tokens=300, output_tokens=5))
+    run = run_codex(
+        gateway.url, "show me two long listings", home=tmp_path, sink=sink, key=secret,
+        config={"model_auto_compact_token_limit": 1000}, builtin_provider=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    posts = [r for r in fake.requests if r.method == "POST"]
+    triggered = [r for r in posts if (r.json or {}).get("input", [{}])[-1] == TRIGGER]
+    assert ("WEBSOCKET", "/v1/responses") in gateway.app.requests  # bridged to HTTP here
+    assert len(triggered[0].body) > fake.body_cap  # the whole history, refused
+    # ...then chunks, and the second compaction went straight to chunks (the learned cap).
+    assert len(triggered) >= 3 and all(len(r.body) <= fake.body_cap for r in triggered[1:])
+    final = triggered[-1].json["input"]
+    assert {i["type"] for i in final[:-1]} == {"compaction"}
+    # Codex went on from the one compaction item it got.
+    (made,) = [i for i in posts[-1].json["input"] if i.get("type") == "compaction"]
+    assert made["encrypted_content"].startswith("opaque-summary:")
+    recorded(len(posts) - 1)
