@@ -2,6 +2,9 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -207,7 +210,10 @@ class ApiTokenForm(forms.ModelForm):
 
 
 class ApiTokenAdmin(admin.ModelAdmin):
-    """Management API tokens: the secret is shown once, on the page after creation."""
+    """Management API tokens: the secret is shown once, on the page after creation.
+
+    A token acts as its person: a staff member sees, makes and deletes only their own; a
+    superuser anyone's."""
 
     form = ApiTokenForm
     list_display = ["name", "user", "prefix_shown", "created_at", "last_used_at"]
@@ -223,7 +229,23 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # a token is made or deleted, never edited
 
+    def get_queryset(self, request):
+        tokens = super().get_queryset(request)
+        return tokens if request.user.is_superuser else tokens.filter(user=request.user)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user" and not request.user.is_superuser:
+            kwargs["queryset"] = get_user_model().objects.filter(pk=request.user.pk)
+            kwargs["initial"] = request.user.pk
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_autocomplete_fields(self, request):
+        # The user autocomplete would offer everyone; a staff member may pick only themselves.
+        return ["user"] if request.user.is_superuser else []
+
     def save_model(self, request, obj: ApiToken, form, change: bool) -> None:
+        if obj.user_id != request.user.pk and not request.user.is_superuser:
+            raise PermissionDenied("Only a superuser makes API tokens for someone else.")
         token, secret = services.create_api_token(user=obj.user, name=obj.name)
         obj.pk = token.pk
         request._llmproxy_new_secret = secret
@@ -281,3 +303,38 @@ class SignInTokenAdmin(admin.ModelAdmin):
 
 admin.site.register(Person, PersonAdmin)
 admin.site.register(SignInToken, SignInTokenAdmin)
+
+
+class PeopleUserAdmin(UserAdmin):
+    """Django's user admin, except that staff and superuser flags, groups and permissions,
+    and superusers' accounts, are a superuser's to change (a staff member with the user
+    permissions could otherwise make themselves anything)."""
+
+    SUPERUSER_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields += [name for name in self.SUPERUSER_FIELDS if name not in fields]
+        return fields
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        # "Delete selected" checks the model permission only, not each row.
+        if not request.user.is_superuser and queryset.filter(is_superuser=True).exists():
+            raise PermissionDenied("Only a superuser may delete a superuser's account.")
+        super().delete_queryset(request, queryset)
+
+
+if admin.site.is_registered(get_user_model()):
+    admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), PeopleUserAdmin)

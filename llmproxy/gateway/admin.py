@@ -4,6 +4,12 @@ from django import forms
 from django.contrib import admin
 
 from llmproxy.gateway.models import ModelRoute, Provider
+from llmproxy.gateway.targets import check_base_url
+
+NEW_URL_NEEDS_KEY = (
+    "The base URL changed: enter the API key for the new address again (the stored key is "
+    "cleared, never sent to a new address)."
+)
 
 
 class ProviderForm(forms.ModelForm):
@@ -18,17 +24,25 @@ class ProviderForm(forms.ModelForm):
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Stored encrypted and never shown again. Leave empty to keep the current key.",
+        help_text="Stored encrypted and never shown again. Leave empty to keep the current key "
+        "(a changed base URL needs it again).",
     )
 
     class Meta:
         model = Provider
         fields = ["name", "kind", "base_url", "api_key", "extra_headers", "websockets", "enabled"]
 
+    def clean_base_url(self) -> str:
+        return check_base_url(self.cleaned_data["base_url"])
+
     def clean(self):
         cleaned = super().clean()
-        if not self.instance.has_credential and not cleaned.get("api_key"):
+        if cleaned.get("api_key"):
+            return cleaned
+        if not self.instance.has_credential:
             self.add_error("api_key", "A new provider needs its API key.")
+        elif "base_url" in cleaned and cleaned["base_url"] != self.instance.base_url.rstrip("/"):
+            self.add_error("api_key", NEW_URL_NEEDS_KEY)
         return cleaned
 
     def save(self, commit=True):
@@ -53,6 +67,17 @@ class ProviderAdmin(admin.ModelAdmin):
     list_filter = ["kind", "enabled", "websockets"]
     search_fields = ["name", "base_url"]
     inlines = [ModelRouteInline]
+
+    # Providers hold the organisation's credentials and decide where they are sent: only
+    # superusers add, change or delete them, whatever model permissions a staff user has.
+    def has_add_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
 
     @admin.display(description="credential")
     def credential_state(self, provider: Provider) -> str:

@@ -4,12 +4,15 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
+from rest_framework.exceptions import PermissionDenied
 
 from accounts.models import ApiKey, ApiToken, Team
 from billing.models import Price, UsageEvent
 from llmproxy.gateway.models import ModelRoute, Provider
+from llmproxy.gateway.targets import check_base_url
 
 
 class StrictInput:
@@ -155,7 +158,25 @@ class TeamSerializer(StrictModelSerializer):
 class UserSerializer(StrictModelSerializer):
     class Meta:
         model = get_user_model()
-        fields = ["id", "username", "email", "first_name", "last_name", "is_staff", "is_active"]
+        fields = [
+            "id", "username", "email", "first_name", "last_name", "is_staff", "is_superuser",
+            "is_active",
+        ]  # fmt: skip
+
+
+SUPERUSER_FLAGS = ("is_staff", "is_superuser")
+
+
+def check_user_flags(actor, user, changes: dict) -> None:
+    """Staff and superuser flags, and a superuser's account, are a superuser's to change:
+    with them a staff member with the user permissions could make themselves anything."""
+    if actor.is_superuser:
+        return
+    if user is not None and user.is_superuser:
+        raise PermissionDenied("Only a superuser may change or delete a superuser's account.")
+    for flag in SUPERUSER_FLAGS:
+        if flag in changes and bool(changes[flag]) != bool(getattr(user, flag, False)):
+            raise PermissionDenied(f"Only a superuser may set {flag}.")
 
 
 class ProviderSerializer(StrictModelSerializer):
@@ -172,9 +193,24 @@ class ProviderSerializer(StrictModelSerializer):
             "websockets", "enabled", "created_at", "updated_at",
         ]  # fmt: skip
 
+    def validate_base_url(self, value: str) -> str:
+        try:
+            return check_base_url(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
+
     def validate(self, attrs):
-        if self.instance is None and not attrs.get("credential"):
+        if attrs.get("credential"):
+            return attrs
+        if self.instance is None:
             raise serializers.ValidationError({"credential": "A new provider needs its API key."})
+        if "base_url" in attrs and attrs["base_url"] != self.instance.base_url.rstrip("/"):
+            raise serializers.ValidationError(
+                {
+                    "credential": "The base URL changed: send the API key for the new address "
+                    "too (the stored key is cleared, never sent to a new address)."
+                }
+            )
         return attrs
 
     def _save(self, provider: Provider, validated: dict) -> Provider:
@@ -233,9 +269,15 @@ class SpendRowSerializer(StrictSerializer):
 
 
 class TokenSerializer(StrictModelSerializer):
+    user = serializers.PrimaryKeyRelatedField(
+        queryset=get_user_model().objects.all(),
+        required=False,
+        help_text="Whom the token acts as: you unless set (someone else: superusers only).",
+    )
+
     class Meta:
         model = ApiToken
-        fields = ["id", "name", "prefix", "created_at", "last_used_at"]
+        fields = ["id", "name", "user", "prefix", "created_at", "last_used_at"]
         read_only_fields = ["prefix", "created_at", "last_used_at"]
 
 
