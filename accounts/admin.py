@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from accounts import services, signin
 from accounts.forms import CommaListField
-from accounts.models import ApiKey, ApiToken, Person, SignInToken, Team
+from accounts.models import ApiKey, ApiToken, AuditEntry, Person, SignInToken, Team
 
 # Webhook URLs typed without a scheme mean https (Django 6's default, chosen now).
 URL_FIELDS = {models.URLField: {"assume_scheme": "https"}}
@@ -338,3 +338,32 @@ class PeopleUserAdmin(UserAdmin):
 if admin.site.is_registered(get_user_model()):
     admin.site.unregister(get_user_model())
 admin.site.register(get_user_model(), PeopleUserAdmin)
+
+
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The audit log: browsed and filtered here, never added to, changed or deleted."""
+
+    list_display = ["at", "actor_name", "via", "action", "content_type", "object_id",
+                    "object_repr", "changed_fields"]  # fmt: skip
+    list_filter = ["via", "action", "content_type", ("actor", admin.RelatedOnlyFieldListFilter),
+                   "at"]  # fmt: skip
+    search_fields = ["object_repr", "object_id", "actor_name"]
+    date_hierarchy = "at"
+    list_select_related = ["content_type"]
+    show_full_result_count = False
+
+    @admin.display(description="fields")
+    def changed_fields(self, entry) -> str:
+        return ", ".join(entry.changes)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+admin.site.register(AuditEntry, AuditEntryAdmin)

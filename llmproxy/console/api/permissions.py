@@ -40,6 +40,11 @@ def may(user, model, action: str) -> bool:
     return user.has_perm(codename(model, action))
 
 
+def model_of(view):
+    """The model whose permissions the view needs (``permission_model``, else its queryset's)."""
+    return getattr(view, "permission_model", None) or view.queryset.model
+
+
 def action_of(view) -> str:
     """The Django permission action the view's current action needs."""
     extra = getattr(view, "action_permissions", {})
@@ -52,7 +57,7 @@ class ModelPermission(permissions.BasePermission):
     message = "You need the model permission for this (ask a superuser to grant it)."
 
     def has_permission(self, request, view) -> bool:
-        return may(request.user, view.queryset.model, action_of(view))
+        return may(request.user, model_of(view), action_of(view))
 
 
 class ModelPermissionOrOwn(permissions.BasePermission):
@@ -68,12 +73,12 @@ class ModelPermissionOrOwn(permissions.BasePermission):
             return False
         if view.action in ("list", "retrieve") or view.action in view.owner_actions:
             return True
-        return may(request.user, view.queryset.model, action_of(view))
+        return may(request.user, model_of(view), action_of(view))
 
     def has_object_permission(self, request, view, obj) -> bool:
         if view.action in ("list", "retrieve"):
             return True
-        if may(request.user, view.queryset.model, action_of(view)):
+        if may(request.user, model_of(view), action_of(view)):
             return True
         return view.action in view.owner_actions and view.is_own(obj)
 
@@ -85,7 +90,7 @@ class SuperuserWrites(permissions.BasePermission):
 
     def has_permission(self, request, view) -> bool:
         if view.action in ("list", "retrieve"):
-            return may(request.user, view.queryset.model, "view")
+            return may(request.user, model_of(view), "view")
         user = request.user
         return bool(user and user.is_authenticated and user.is_active and user.is_superuser)
 

@@ -142,16 +142,27 @@ class RevokeSerializer(StrictSerializer):
     reason = serializers.CharField(max_length=200, required=False, allow_blank=True)
 
 
+def layer_patterns() -> serializers.ListField:
+    """A person's or team's policy list: null means the layer does not restrict."""
+    return serializers.ListField(
+        child=serializers.CharField(max_length=200), allow_null=True, required=False
+    )
+
+
 class TeamSerializer(StrictModelSerializer):
     budget_usd = serializers.DecimalField(
         max_digits=12, decimal_places=4, min_value=Decimal(0), allow_null=True, required=False
     )
+    allowed_models = layer_patterns()
+    allowed_endpoints = layer_patterns()
+    allowed_tools = layer_patterns()
 
     class Meta:
         model = Team
         fields = [
             "id", "name", "members", "budget_usd", "budget_period", "alert_webhook_url",
-            "created_at",
+            "allowed_models", "allowed_endpoints", "allowed_tools", "rpm", "tpm",
+            "max_concurrent", "created_at",
         ]  # fmt: skip
 
 
