@@ -3,7 +3,8 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.template.response import TemplateResponse
@@ -335,9 +336,24 @@ class PeopleUserAdmin(UserAdmin):
         super().delete_queryset(request, queryset)
 
 
-if admin.site.is_registered(get_user_model()):
-    admin.site.unregister(get_user_model())
-admin.site.register(get_user_model(), PeopleUserAdmin)
+class SuperuserGroupAdmin(GroupAdmin):
+    """Groups carry permissions: only a superuser makes or changes one (a staff member with
+    the group permissions could otherwise grant themselves any permission)."""
+
+    def has_add_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+
+for _model, _admin in ((get_user_model(), PeopleUserAdmin), (Group, SuperuserGroupAdmin)):
+    if admin.site.is_registered(_model):
+        admin.site.unregister(_model)
+    admin.site.register(_model, _admin)
 
 
 class AuditEntryAdmin(admin.ModelAdmin):

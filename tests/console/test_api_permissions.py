@@ -367,6 +367,11 @@ def test_the_admin_keeps_staff_flags_and_superusers_from_staff(cast):
     )
     assert deleted.status_code == 403
     assert type(users["root"]).objects.filter(pk=users["root"].pk).exists()
+    managers = users["manager"].groups.get()
+    assert manager.post(f"/admin/auth/group/{managers.pk}/change/",
+                        {"name": "managers", "permissions": []}).status_code == 403  # fmt: skip
+    assert manager.get("/admin/auth/group/add/").status_code == 403
+    assert managers.permissions.exists()
     root = admin_client(cast, "root")
     root.post(
         f"/admin/auth/user/{charlie.pk}/change/",
