@@ -8,8 +8,11 @@ admitted only when every layer allows it (docs/people.md).
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+from accounts import managed
 
 
 class BudgetPeriod(models.TextChoices):
@@ -63,6 +66,14 @@ class Team(LayerPolicy):
     alert_webhook_url = models.URLField(
         blank=True, help_text="Receives a JSON POST when spend crosses 50, 80 and 100 %."
     )
+    claude_code_settings = models.JSONField(
+        "Claude Code managed settings",
+        null=True,
+        blank=True,
+        default=None,
+        help_text="A settings.json object that signed-in Claude Code of the team's members "
+        "fetches from /managed/settings (docs/people.md). Empty: none.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -70,6 +81,13 @@ class Team(LayerPolicy):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if self.claude_code_settings is not None:
+            try:
+                managed.validate(self.claude_code_settings)
+            except ValidationError as error:
+                raise ValidationError({"claude_code_settings": error.messages}) from None
 
 
 class ApiKeyQuerySet(models.QuerySet):
@@ -283,6 +301,57 @@ class SignInToken(models.Model):
     @property
     def is_live(self) -> bool:
         return self.revoked_at is None and self.expires_at > timezone.now()
+
+
+class DeviceAuthorizationQuerySet(models.QuerySet):
+    def pending(self) -> DeviceAuthorizationQuerySet:
+        return self.filter(status=DeviceAuthorization.PENDING, expires_at__gt=timezone.now())
+
+
+class DeviceAuthorization(models.Model):
+    """One run of the OAuth 2.0 device grant (RFC 8628): a client (Claude Code's /login,
+    ``llmproxy login``) asked to sign a person in, shows them a user code, and polls until
+    the person approves or denies it on the /device page. Both codes are stored only as
+    HMAC digests; the device code is single use."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    USED = "used"  # tokens were issued for it
+    STATUSES = [(PENDING, "pending"), (APPROVED, "approved"), (DENIED, "denied"), (USED, "used")]
+
+    client = models.CharField(max_length=16, choices=SignInClient.choices)
+    device_digest = models.CharField(max_length=64, unique=True, editable=False)
+    user_digest = models.CharField(max_length=64, unique=True, editable=False)
+    status = models.CharField(max_length=8, choices=STATUSES, default=PENDING)
+    person = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="device_authorizations",
+        help_text="Who approved or denied it.",
+    )
+    requested_from = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    interval = models.PositiveSmallIntegerField(default=5)
+    last_polled_at = models.DateTimeField(null=True, blank=True, editable=False)
+    decided_at = models.DateTimeField(null=True, blank=True, editable=False)
+    family = models.CharField(max_length=32, blank=True, editable=False)  # the tokens issued
+
+    objects = DeviceAuthorizationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "device sign-in"
+
+    def __str__(self) -> str:
+        return f"{self.get_client_display()} sign-in {self.status} ({self.created_at:%Y-%m-%d})"
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at <= timezone.now()
 
 
 class AuditVia(models.TextChoices):

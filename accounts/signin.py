@@ -38,6 +38,7 @@ class Issued:
     refresh_token: str
     expires_in: int  # seconds the access token lives
     family: str
+    email: str = ""  # the person's, for the client to show
 
 
 def _token(person, client: str, kind: str, family: str, lifetime: int) -> tuple[SignInToken, str]:
@@ -64,7 +65,7 @@ def issue(*, person, client: str, family: str | None = None) -> Issued:
     _, refresh = _token(
         person, client, SignInToken.REFRESH, family, settings.LLMPROXY_REFRESH_TOKEN_SECONDS
     )
-    return Issued(access, refresh, access_lifetime, family)
+    return Issued(access, refresh, access_lifetime, family, getattr(person, "email", "") or "")
 
 
 def find(secret: str, kind: str) -> SignInToken | None:

@@ -91,7 +91,12 @@ def env_list(env: Mapping[str, str], name: str, default: list[str]) -> list[str]
 
 def sqlite_database(name: str | Path) -> dict:
     """A Django DATABASES entry for a SQLite file (or ``":memory:"``)."""
-    entry: dict = {"ENGINE": "django.db.backends.sqlite3", "NAME": name, "OPTIONS": {"timeout": 20}}
+    # IMMEDIATE: a transaction takes the write lock when it begins, so two processes that
+    # both read then write wait for each other (up to the timeout) instead of one failing at
+    # once with "database is locked" (SQLite cannot upgrade a reader that another writer
+    # raced past).
+    options = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    entry: dict = {"ENGINE": "django.db.backends.sqlite3", "NAME": name, "OPTIONS": options}
     if name != ":memory:":
         # WAL lets the Celery thread write usage while the admin reads.
         entry["OPTIONS"]["init_command"] = "PRAGMA journal_mode=WAL;"

@@ -29,8 +29,11 @@ import os
 import uvicorn
 from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import MAX_LINE_LENGTH as WS_MAX_LINE
 from websockets.http11 import MAX_NUM_HEADERS as WS_MAX_HEADERS
+
+from llmproxy.core import draining, login_client
 
 APPLICATION = "llmproxy.asgi:application"
 # A head the application would accept, with its framing: ": " and CRLF per header, the
@@ -200,10 +203,40 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+class DrainingWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websocket protocol, but a shutdown while draining does not cut the socket
+    at once (uvicorn closes every open websocket with 1012 when it begins to shut down):
+    the application finishes the turn in flight and closes the socket itself, telling the
+    client to reconnect (``sockets.ResponsesSocket``). A socket still open near the end of
+    the grace period gets uvicorn's 1012."""
+
+    def shutdown(self) -> None:
+        if not draining.is_draining() or not self.handshake_complete or self.close_sent:
+            super().shutdown()
+            return
+        late = max(settings.LLMPROXY_DRAIN_GRACE_SECONDS - 1.0, 0.0)
+        self.loop.call_later(late, self._shutdown_late)
+
+    def _shutdown_late(self) -> None:
+        if not self.transport.is_closing():
+            super().shutdown()
+
+
+def server_options() -> dict:
+    """What ``llmproxy serve`` sets on uvicorn besides the command line."""
+    return {
+        "http": EdgeHttpProtocol,
+        "ws": DrainingWebSocketProtocol,
+        "ws_max_size": settings.LLMPROXY_MAX_FRAME_BYTES,
+        # After the listener closes, open calls get this long to finish.
+        "timeout_graceful_shutdown": settings.LLMPROXY_DRAIN_GRACE_SECONDS,
+    }
+
+
 def config(app, **options) -> uvicorn.Config:
     """uvicorn's Config with the gateway's limits: ``llmproxy serve``, the tests, bench."""
-    options.setdefault("http", EdgeHttpProtocol)
-    options.setdefault("ws_max_size", settings.LLMPROXY_MAX_FRAME_BYTES)
+    for name, value in server_options().items():
+        options.setdefault(name, value)
     return uvicorn.Config(app, **options)
 
 
@@ -237,9 +270,21 @@ def main(argv: list[str] | None = None) -> None:
         "--forwarded-allow-ips",
         help="IPs whose X-Forwarded-For / -Proto are trusted (uvicorn's; default 127.0.0.1)",
     )
+    serve.add_argument(
+        "--worker-start-timeout",
+        type=int,
+        default=60,
+        help="seconds a new worker may take to start (a SIGHUP replaces the workers one by "
+        "one, each new one serving before the old one drains; default 60)",
+    )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", action="store_true")
+    _sign_in_commands(commands)
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        # A developer's machine: no Django settings, no database, only the sign-in.
+        code = login_client.run(args.command, args.gateway, open_browser=args.browser)
+        raise SystemExit(code)
     uvicorn.run(
         APPLICATION,
         host=args.host,
@@ -251,9 +296,31 @@ def main(argv: list[str] | None = None) -> None:
         forwarded_allow_ips=args.forwarded_allow_ips,
         log_level=args.log_level,
         access_log=not args.no_access_log,
-        http=EdgeHttpProtocol,
-        ws_max_size=settings.LLMPROXY_MAX_FRAME_BYTES,
+        timeout_worker_healthcheck=args.worker_start_timeout,
+        **server_options(),
     )
+
+
+def _sign_in_commands(commands) -> None:
+    login = commands.add_parser(
+        "login",
+        help="sign in to a gateway from this terminal (for Codex and apiKeyHelper)",
+        description="Sign in to an llmproxy gateway with the device flow: approve the code "
+        "shown here on the gateway's /device page. Credentials are kept in "
+        "$XDG_CONFIG_HOME/llmproxy/credentials.json (mode 0600).",
+    )
+    login.add_argument("--gateway", required=True, help="the gateway's URL")
+    login.add_argument("--browser", action="store_true", help="open the page in a browser")
+    token = commands.add_parser(
+        "token",
+        help="print a current access token (Codex's auth command, Claude Code's apiKeyHelper)",
+        description="Print a current access token, refreshed when needed. Exits 1 with a "
+        "message to run `llmproxy login` when signed out or revoked.",
+    )
+    logout = commands.add_parser("logout", help="revoke this terminal's sign-in and forget it")
+    for parser in (token, logout):
+        parser.add_argument("--gateway", help="the gateway's URL (default: the last signed in)")
+        parser.set_defaults(browser=False)
 
 
 if __name__ == "__main__":

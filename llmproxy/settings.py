@@ -208,6 +208,10 @@ LLMPROXY_MAX_FORWARDED_HEADERS_TOTAL_BYTES = env_int(
 )
 # One websocket message from a client (Codex's response.create frames).
 LLMPROXY_MAX_FRAME_BYTES = env_int(ENV, "LLMPROXY_MAX_FRAME_BYTES", 16 * 1024 * 1024, minimum=1024)
+# Deploys (docs/operations.md): after a SIGTERM, how long open streams and websocket turns
+# may take to finish, and how long the listener stays open first (readiness failing).
+LLMPROXY_DRAIN_GRACE_SECONDS = env_float(ENV, "LLMPROXY_DRAIN_GRACE_SECONDS", 30.0, minimum=0.0)
+LLMPROXY_DRAIN_DELAY_SECONDS = env_float(ENV, "LLMPROXY_DRAIN_DELAY_SECONDS", 0.0, minimum=0.0)
 LLMPROXY_CONNECT_TIMEOUT = env_float(ENV, "LLMPROXY_CONNECT_TIMEOUT", 10.0, minimum=0.1)
 LLMPROXY_READ_TIMEOUT = env_float(ENV, "LLMPROXY_READ_TIMEOUT", 600.0, minimum=1.0)
 LLMPROXY_POOL_SIZE = env_int(ENV, "LLMPROXY_POOL_SIZE", 512, minimum=1)
@@ -235,6 +239,11 @@ LLMPROXY_ACCESS_TOKEN_SECONDS = env_int(ENV, "LLMPROXY_ACCESS_TOKEN_SECONDS", 36
 LLMPROXY_REFRESH_TOKEN_SECONDS = env_int(
     ENV, "LLMPROXY_REFRESH_TOKEN_SECONDS", 30 * 86_400, minimum=300
 )
+# The device grant behind them: how long a user code may be entered, how often a client may
+# poll, and how many wrong user codes a person (or an address) may try per quarter hour.
+LLMPROXY_DEVICE_CODE_SECONDS = env_int(ENV, "LLMPROXY_DEVICE_CODE_SECONDS", 600, minimum=60)
+LLMPROXY_DEVICE_POLL_SECONDS = env_int(ENV, "LLMPROXY_DEVICE_POLL_SECONDS", 5, minimum=1)
+LLMPROXY_DEVICE_CODE_ATTEMPTS = env_int(ENV, "LLMPROXY_DEVICE_CODE_ATTEMPTS", 10, minimum=1)
 # Failover and overload: a provider that failed this many times in a row before its first
 # byte is skipped for this long; 429/503/529 answers are retried (with jitter, across the
 # route's providers) for at most LLMPROXY_RETRY_SECONDS; a Retry-After longer than
@@ -243,6 +252,11 @@ LLMPROXY_BREAKER_FAILURES = env_int(ENV, "LLMPROXY_BREAKER_FAILURES", 5, minimum
 LLMPROXY_BREAKER_SECONDS = env_float(ENV, "LLMPROXY_BREAKER_SECONDS", 30.0, minimum=0.0)
 LLMPROXY_RETRY_SECONDS = env_float(ENV, "LLMPROXY_RETRY_SECONDS", 8.0, minimum=0.0)
 LLMPROXY_RETRY_AFTER_PASS_ON = env_float(ENV, "LLMPROXY_RETRY_AFTER_PASS_ON", 60.0, minimum=0.0)
+# A Codex compaction the provider refuses as too large (413) is compacted in chunks
+# (gateway/compaction.py): at most this many chunk calls at once, and at most this many
+# upstream calls for the whole fan-out.
+LLMPROXY_COMPACTION_CONCURRENCY = env_int(ENV, "LLMPROXY_COMPACTION_CONCURRENCY", 4, minimum=1)
+LLMPROXY_COMPACTION_MAX_CALLS = env_int(ENV, "LLMPROXY_COMPACTION_MAX_CALLS", 64, minimum=2)
 # A client that hangs up before its answer ended: read on this long for the provider's own
 # usage figure (sending nothing), then stop and record an estimate.
 LLMPROXY_ABANDONED_READ_SECONDS = env_float(

@@ -13,6 +13,9 @@ from billing.models import Price
 from llmproxy.gateway import services as provider_services
 from llmproxy.gateway.usage_sink import sink as usage_sink
 from tests.fakes import OPENAI_CREDENTIAL, UPSTREAM_CREDENTIAL
+from tests.fakes import fake_azure as fa
+from tests.fakes import fake_bedrock as fb
+from tests.fakes import fake_vertex as fv
 from tests.fakes.fake_provider import FakeProviderThread
 from tests.servers import CountingApp, ServerThread
 
@@ -215,3 +218,144 @@ def _fresh_circuit_breakers():
     failover.breaker.reset()
     yield
     failover.breaker.reset()
+
+
+# --- the clouds' fakes (tests/fakes/fake_bedrock.py, fake_vertex.py, fake_azure.py) ----------
+
+
+@pytest.fixture(scope="session")
+def bedrock_server():
+    with FakeProviderThread(fb.FakeBedrock) as server:
+        yield server
+
+
+@pytest.fixture
+def bedrock(bedrock_server):
+    fake = bedrock_server.fake
+    fake.clear()
+    fake.set_default(None)
+    yield fake
+    fake.clear()
+
+
+@pytest.fixture
+def add_bedrock(bedrock, transactional_db):
+    """A Bedrock-kind provider on the fake, serving claude-test-* as its own model id."""
+    from llmproxy.gateway.models import ModelRoute
+
+    def add(credential: str = fb.CREDENTIAL, **options):
+        provider, _ = provider_services.upsert_provider(
+            name="bedrock-us", kind="bedrock", base_url=bedrock.url, credential=credential,
+            options={"region": fb.REGION, **options},
+        )  # fmt: skip
+        ModelRoute.objects.create(
+            pattern="claude-test-*", provider=provider, upstream_model=fb.MODEL_ID
+        )
+        return provider
+
+    return add
+
+
+@pytest.fixture
+def bedrock_provider(add_bedrock):
+    provider = add_bedrock()
+    # Bedrock's own price for the model (cloud prices can differ from the kind's row)
+    Price.objects.create(
+        model_pattern="claude-test-*", provider_kind="anthropic", provider=provider,
+        input_per_mtok=Decimal(4), output_per_mtok=Decimal(20),
+        cache_read_per_mtok=Decimal("0.4"), cache_write_5m_per_mtok=Decimal(5),
+    )  # fmt: skip
+    return provider
+
+
+@pytest.fixture(scope="session")
+def vertex_server():
+    with FakeProviderThread(fv.FakeVertex) as server:
+        yield server
+
+
+@pytest.fixture
+def vertex(vertex_server):
+    fake = vertex_server.fake
+    fake.clear()
+    fake.set_default(None)
+    yield fake
+    fake.clear()
+
+
+@pytest.fixture
+def add_vertex(vertex, transactional_db):
+    """A Vertex-kind provider on the fake with a service account its token endpoint knows."""
+    from llmproxy.gateway.kinds import kind_of
+    from llmproxy.gateway.models import ModelRoute
+
+    kind_of("vertex").tokens.clear()  # no token of an earlier test's account or fake
+
+    def add(credential: str | None = None, name: str = "vertex-us", **options):
+        provider, _ = provider_services.upsert_provider(
+            name=name, kind="vertex", base_url=vertex.url,
+            credential=credential or vertex.new_account(), options={"region": fv.REGION, **options},
+        )  # fmt: skip
+        ModelRoute.objects.create(
+            pattern="claude-test-*", provider=provider, upstream_model=fv.MODEL_ID
+        )
+        return provider
+
+    yield add
+    kind_of("vertex").tokens.clear()
+
+
+@pytest.fixture
+def vertex_provider(add_vertex):
+    provider = add_vertex()
+    Price.objects.create(
+        model_pattern="claude-test-*", provider_kind="anthropic", provider=provider,
+        input_per_mtok=Decimal("3.3"), output_per_mtok=Decimal("16.5"),
+        cache_read_per_mtok=Decimal("0.33"),
+    )  # fmt: skip
+    return provider
+
+
+@pytest.fixture(scope="session")
+def azure_server():
+    with FakeProviderThread(fa.FakeAzure) as server:
+        yield server
+
+
+@pytest.fixture
+def azure(azure_server):
+    fake = azure_server.fake
+    fake.clear()
+    fake.set_default(None)
+    yield fake
+    fake.clear()
+
+
+@pytest.fixture
+def add_azure(azure, transactional_db):
+    """An Azure-kind provider on the fake; ``pattern`` routes to its deployment."""
+    from llmproxy.gateway.kinds import kind_of
+    from llmproxy.gateway.models import ModelRoute
+
+    kind_of("azure").tokens.clear()
+
+    def add(credential: str = fa.API_KEY, pattern: str = "gpt-test-*", **options):
+        provider, _ = provider_services.upsert_provider(
+            name="azure-eu", kind="azure", base_url=azure.url, credential=credential,
+            options=options,
+        )  # fmt: skip
+        ModelRoute.objects.create(pattern=pattern, provider=provider, upstream_model=fa.DEPLOYMENT)
+        return provider
+
+    yield add
+    kind_of("azure").tokens.clear()
+
+
+@pytest.fixture
+def azure_provider(add_azure):
+    provider = add_azure()
+    Price.objects.create(
+        model_pattern="gpt-test-*", provider_kind="openai", provider=provider,
+        input_per_mtok=Decimal(2), output_per_mtok=Decimal(12), cache_read_per_mtok=Decimal("0.2"),
+    )  # fmt: skip
+    return provider

@@ -18,7 +18,7 @@ from http import HTTPStatus
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
-from llmproxy.core import metrics
+from llmproxy.core import draining, metrics
 from llmproxy.gateway import edge, pipeline
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.messages import give_up
@@ -40,6 +40,16 @@ def protocol_for(scope) -> Protocol:
     if b"anthropic-version" in names or b"x-api-key" in names:
         return anthropic.PROTOCOL
     return openai.PROTOCOL
+
+
+def shutting_down() -> ProxyError:
+    """A new call reached a worker that is draining: retry it, on another connection."""
+    return ProxyError(
+        ErrorKind.DRAINING,
+        "This gateway worker is shutting down; retry the request.",
+        retry_after=1,
+        headers={"connection": "close"},
+    )
 
 
 def failure() -> ProxyError:
@@ -94,6 +104,8 @@ class ProxyConsumer(AsyncHttpConsumer):
         watcher.cancel()
 
     async def _check_head(self, incoming: pipeline.Incoming, length: int | None) -> KeyPolicy:
+        if draining.is_draining():
+            raise shutting_down()
         if self.endpoint is not None and incoming.method != "POST":
             raise ProxyError(
                 ErrorKind.METHOD_NOT_ALLOWED,

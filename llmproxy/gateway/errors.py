@@ -6,7 +6,8 @@ from enum import Enum
 
 
 class ErrorKind(Enum):
-    # value: (HTTP status, may the client retry?)
+    # value: (HTTP status, may the client retry?[, a tag]): kinds that share a status and
+    # a retry flag carry a tag, or Enum would make them aliases of one another.
     INVALID_REQUEST = (400, True)
     AUTHENTICATION = (401, False)
     PERMISSION = (403, False)
@@ -22,7 +23,8 @@ class ErrorKind(Enum):
     UPSTREAM_TIMEOUT = (504, True)
     UPSTREAM_BUSY = (503, True)  # the provider is unavailable for now
     UPSTREAM_OVERLOADED = (529, True)  # Anthropic's overloaded (OpenAI clients get 503)
-    OVERLOADED = (503, True)  # this gateway worker is busy; another try may land elsewhere
+    OVERLOADED = (503, True, "gateway")  # this worker is busy; another try may land elsewhere
+    DRAINING = (503, True, "draining")  # this worker is shutting down; retry elsewhere
     INTERNAL = (500, True)
 
     @property
@@ -50,6 +52,7 @@ class ProxyError(Exception):
         self.message = message
         self.retry_after = retry_after
         self.headers = dict(headers or {})
+        self.status: int | None = None  # another status than the kind's, for one client
 
     def response_headers(self) -> list[tuple[bytes, bytes]]:
         headers = [(name.encode(), value.encode()) for name, value in self.headers.items()]

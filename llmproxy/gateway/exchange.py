@@ -152,6 +152,9 @@ class Exchange:
         # which generates anything.
         self.records_usage = True
         self.reached = True  # False once it is known the request never reached the provider
+        # A provider's 413 raises forwarding.TooLarge instead of answering: the caller
+        # compacts the history in chunks (compaction.py).
+        self.splits_on_413 = False
         # Closes what the upstream answer holds open (an HTTP response, a websocket turn).
         self.release: Callable[[bool], Awaitable[None]] | None = None
 

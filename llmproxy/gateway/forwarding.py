@@ -27,6 +27,7 @@ from llmproxy.core import metrics
 from llmproxy.gateway import failover, upstream
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.exchange import CLIENT_CLOSED, Exchange
+from llmproxy.gateway.kinds import CredentialUnreachable
 from llmproxy.gateway.messages import Reply, error_reply
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,16 @@ class Failure:
     reached: bool = False  # the provider may have seen (and billed) the request
 
 
+class TooLarge(Exception):
+    """The provider refused a body as too large (413) for a call that handles that itself
+    (``Exchange.splits_on_413``: a Codex compaction). The call is not settled yet."""
+
+    def __init__(self, reply: Reply, size: int) -> None:
+        super().__init__(f"HTTP 413 for a body of {size} bytes")
+        self.reply = reply  # what the client would get for it
+        self.size = size  # the body the provider refused
+
+
 def buffered(response: httpx.Response) -> bool:
     """Is this a non-streamed answer small enough to read whole before replying?"""
     if response.headers.get("content-type", "").startswith("text/event-stream"):
@@ -69,6 +80,8 @@ async def forward(exchange: Exchange) -> Reply:
     """Send the call to its candidates in order until one answers (see the module's doc)."""
     try:
         return await _forward(exchange)
+    except TooLarge:
+        raise  # the caller compacts in chunks and settles the call (gateway/compaction.py)
     except BaseException:
         # Cancelled (client gone) or a bug before an answer was handed on: settle it.
         await exchange.settle(CLIENT_CLOSED, error="cancelled before reply", partial=True)
@@ -136,6 +149,8 @@ async def attempt(exchange: Exchange) -> Reply | Failure:
     protocol, provider = exchange.protocol, exchange.provider
     try:
         request = await exchange.upstream_request()
+    except CredentialUnreachable as error:  # a token endpoint down: like a connection error
+        return Failure(error_reply(protocol, error), 0, f"{provider.name}: {error.message}")
     except ProxyError as error:
         exchange.reached = False
         await exchange.settle(error.kind.status, error=error.message, partial=False)
@@ -154,10 +169,13 @@ async def attempt(exchange: Exchange) -> Reply | Failure:
         return Failure(reply, 0, note, reached=error.kind is ErrorKind.UPSTREAM_TIMEOUT)
     status = response.status_code
     if status >= 400:
+        exchange.status = status  # an error answer: nothing generated, nothing to estimate
         body = await _error_body(response)
         reply = provider_error(exchange, response, body)
         said = exchange.kind.error_message(body)
         note = f"{provider.name} answered HTTP {status}" + (f": {said}" if said else "")
+        if status == 413 and exchange.splits_on_413:
+            raise TooLarge(reply, len(request.body))
         if status in RETRYABLE:
             return Failure(reply, status, note, retry_after(response))
         await exchange.settle(reply.status, error=note, partial=False)
@@ -250,7 +268,9 @@ def provider_error(exchange: Exchange, response: httpx.Response, body: bytes) ->
         return Reply(status, headers, body)
     name = exchange.provider.name
     if mapped is None:
-        error = ProxyError(ErrorKind.INVALID_REQUEST, said or f"HTTP {status}")
+        # Restated for a provider that speaks another shape (Bedrock's, Google's).
+        restated = ErrorKind.RATE_LIMIT if status == 429 else ErrorKind.INVALID_REQUEST
+        error = ProxyError(restated, said or f"HTTP {status}")
         error.status = status
     elif status == 401:
         error = ProxyError(

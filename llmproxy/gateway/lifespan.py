@@ -1,11 +1,12 @@
-"""ASGI lifespan: on shutdown, hand over queued usage and close the upstream client."""
+"""ASGI lifespan: at startup, drain on SIGTERM; on shutdown, hand over queued usage and close
+the upstream client."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from llmproxy.core import tracing
+from llmproxy.core import draining, tracing
 from llmproxy.gateway import upstream
 from llmproxy.gateway.usage_sink import sink
 
@@ -16,6 +17,7 @@ async def lifespan(scope, receive, send):
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            draining.install(asyncio.get_running_loop())
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await upstream.close()

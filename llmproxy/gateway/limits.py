@@ -111,8 +111,24 @@ def _refusal(code: int, ticket: Ticket, now: float, index: int) -> ProxyError:
             f"is spent or reserved by requests in flight (this request could cost up to "
             f"${from_units(ticket.reserved_units).normalize():f}).",
         )
+        if ticket.policy.credential == "claude_code":
+            _as_spend_cap(error, budget, now)
     error.headers.update(state_headers(ticket, now))
     return error
+
+
+def _as_spend_cap(error: ProxyError, budget: Budget, now: float) -> None:
+    """Claude Code signed in to a gateway shows a 402 as "API Error: 402 …" and a bare 429
+    as "Server is temporarily limiting requests (not your usage limit)"; a 429 that says a
+    spend cap was reached (the headers Anthropic's reference gateway sends) it shows as the
+    message alone. x-should-retry: false keeps it from retrying either way."""
+    error.status = 429
+    end = period_end(budget.period, datetime.fromtimestamp(now, UTC))
+    error.headers["anthropic-ratelimit-unified-status"] = "rejected"
+    error.headers["anthropic-ratelimit-unified-overage-disabled-reason"] = "org_spend_cap_reached"
+    if end is not None:
+        error.headers["anthropic-ratelimit-unified-reset"] = str(int(end.timestamp()))
+        error.retry_after = max(1, int(end.timestamp() - now))
 
 
 BUDGET_HOLDERS = {"key": "This key's", "person": "Your", "team": "Your team's"}

@@ -16,7 +16,7 @@ from decimal import Decimal
 import httpx
 
 from llmproxy.core import metrics
-from llmproxy.gateway import sharing, upstream
+from llmproxy.gateway import compaction, sharing, upstream
 from llmproxy.gateway.context import held_context
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.exchange import Exchange, client_name, forwarded_headers, upstream_headers
@@ -173,7 +173,7 @@ async def admit_and_forward(exchange: Exchange) -> Reply:
         await exchange.admit()
     except ProxyError as error:
         return refusal(exchange.protocol, error)
-    return await forward(exchange)
+    return await compaction.forward(exchange)  # a compaction: one too large goes in chunks
 
 
 def refusal(protocol: Protocol, error: ProxyError) -> Reply:

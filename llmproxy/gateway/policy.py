@@ -285,6 +285,15 @@ def _route(row: ModelRoute, provider: ProviderInfo) -> Route:
     return Route(row.pattern, provider, row.upstream_model, row.priority, row.weight, teams, people)
 
 
+def _frozen(value):
+    """An option's JSON value, immutable like the snapshot that holds it."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    return value
+
+
 def load_catalog() -> Catalog:
     providers = {
         row.pk: ProviderInfo(
@@ -296,7 +305,7 @@ def load_catalog() -> Catalog:
             extra_headers=tuple((str(k), str(v)) for k, v in (row.extra_headers or {}).items()),
             websockets=row.websockets,
             protocol=row.protocol,
-            options=tuple(sorted((row.options or {}).items())),
+            options=tuple(sorted((k, _frozen(v)) for k, v in (row.options or {}).items())),
         )
         for row in Provider.objects.filter(enabled=True).order_by("pk")
     }

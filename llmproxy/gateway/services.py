@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from django.db import transaction
 
+from llmproxy.gateway.kinds import kind_of
 from llmproxy.gateway.models import ModelRoute, Provider
+
+
+def check_provider(*, kind: str, credential: str, options: dict) -> dict:
+    """The options as the kind needs them; ValueError says what is wrong (never the
+    credential itself)."""
+    found = kind_of(kind)
+    if found.credential_required and not credential:
+        raise ValueError(f"a {kind} provider needs its credential")
+    if credential:
+        found.check_credential(credential)
+    return found.check_options(dict(options))
 
 
 @transaction.atomic
@@ -17,13 +29,19 @@ def upsert_provider(
     model_patterns: list[str] | None = None,
     extra_headers: dict | None = None,
     websockets: bool | None = None,
+    options: dict | None = None,
 ) -> tuple[Provider, bool]:
-    """Create the provider or update it in place; routes for ``model_patterns`` are added."""
+    """Create the provider or update it in place; routes for ``model_patterns`` are added.
+    ValueError when the kind cannot work with ``credential`` and ``options``."""
     provider = Provider.objects.filter(name=name).first()
     created = provider is None
     if created:
         provider = Provider(name=name)
+    if options is None:
+        options = provider.options or {}
+    options = check_provider(kind=kind, credential=credential, options=options)
     provider.kind = kind
+    provider.options = options
     provider.base_url = base_url.rstrip("/")
     provider.credential = credential
     if extra_headers is not None:

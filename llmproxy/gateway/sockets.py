@@ -27,7 +27,7 @@ import orjson
 from channels.consumer import AsyncConsumer
 from django.conf import settings
 
-from llmproxy.core import metrics
+from llmproxy.core import draining, metrics
 from llmproxy.core.ids import new_id
 from llmproxy.gateway import edge, pipeline, upstream
 from llmproxy.gateway.errors import ErrorKind, ProxyError
@@ -69,6 +69,24 @@ class History:
         self._items[response_id] = [*full_input, *output]
         while len(self._items) > HISTORY_KEPT:
             self._items.popitem(last=False)
+
+
+# What OpenAI answers on a socket past its 60-minute limit; Codex then opens a new socket
+# and sends the request again in full, which is what a draining worker wants of it.
+RECONNECT_CODE = "websocket_connection_limit_reached"
+RECONNECT_FRAME = {
+    "type": "error",
+    "status": 400,
+    "error": {
+        "type": "invalid_request_error",
+        "code": RECONNECT_CODE,
+        "message": "This gateway worker is shutting down. Create a new websocket connection "
+        "to continue.",
+    },
+}
+GOING_AWAY = 1001
+# Queued when draining starts: the socket closes once the frames before it are answered.
+DRAIN = ProxyError(ErrorKind.DRAINING, "draining")
 
 
 def error_frame(error: ProxyError) -> dict:
@@ -140,7 +158,12 @@ class ResponsesSocket(AsyncConsumer):
         self.upstreams: dict[int, aiohttp.ClientWebSocketResponse] = {}  # by provider id
         self.bridged: set[int] = set()  # providers whose websocket could not be opened
         self.sent_on: dict[int, aiohttp.ClientWebSocketResponse] = {}  # last socket used
+        self.closing = False  # this side closed the socket (draining)
         if (await receive())["type"] != "websocket.connect":
+            return
+        if draining.is_draining():
+            error = ProxyError(ErrorKind.DRAINING, "This gateway worker is shutting down.")
+            await self._refuse_upgrade(scope, send, 503, error, fallback=1013)
             return
         if not settings.LLMPROXY_WEBSOCKETS:
             error = ProxyError(ErrorKind.INVALID_REQUEST, "Websockets are off here; use HTTP.")
@@ -165,8 +188,10 @@ class ResponsesSocket(AsyncConsumer):
             await send({"type": "websocket.close", "code": 1008})
             return
         frames: asyncio.Queue[str | ProxyError | None] = asyncio.Queue()
+        self.frames = frames
         worker = asyncio.ensure_future(self._work(frames))
         metrics.OPEN_WEBSOCKETS.inc()
+        draining.watch(self._drain)
         try:
             while True:
                 message = await receive()
@@ -186,7 +211,23 @@ class ResponsesSocket(AsyncConsumer):
                 await worker
             for socket in self.upstreams.values():
                 await socket.close()
+            draining.unwatch(self._drain)
             metrics.OPEN_WEBSOCKETS.dec()
+
+    # --- draining (docs/operations.md, "Deploys") -----------------------------------------------
+
+    def _drain(self) -> None:
+        """The worker began to drain: the socket is closed once the frames before this
+        point are answered (at once when it is idle)."""
+        self.frames.put_nowait(DRAIN)
+
+    async def _close_for_drain(self) -> None:
+        if self.closing or self.gone:
+            return
+        self.closing = True
+        await self.base_send(
+            {"type": "websocket.close", "code": GOING_AWAY, "reason": "server draining: reconnect"}
+        )
 
     @staticmethod
     def _frame(message: dict, queued: int) -> str | ProxyError:
@@ -242,6 +283,17 @@ class ResponsesSocket(AsyncConsumer):
             text = await frames.get()
             if text is None:
                 return
+            if self.closing:
+                continue  # closed for a drain: what the client sent meanwhile goes unanswered
+            if text is DRAIN:
+                await self._close_for_drain()
+                continue
+            if draining.is_draining():
+                # Answered as OpenAI answers a socket past its limit: Codex reconnects (to
+                # another worker) and sends this request again in full.
+                await self._send_json(RECONNECT_FRAME)
+                await self._close_for_drain()
+                continue
             try:
                 if isinstance(text, ProxyError):
                     raise text
@@ -254,6 +306,8 @@ class ResponsesSocket(AsyncConsumer):
                 log.exception("websocket frame failed")
                 failure = ProxyError(ErrorKind.INTERNAL, "The gateway failed on this frame.")
                 await self._send_json(error_frame(failure))
+            if draining.is_draining() and frames.empty():
+                await self._close_for_drain()  # its turn is done: reconnect elsewhere
 
     async def _handle(self, text: str) -> None:
         try:

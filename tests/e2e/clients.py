@@ -151,12 +151,16 @@ def run_codex(
     *,
     home: Path,
     sink: ProxySink,
-    key: str,
+    key: str = "",
     websockets: bool = False,
     config: dict[str, object] | None = None,
     args: tuple[str, ...] = (),
     timeout: float = 120,
+    auth_command: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> ClientRun:
+    """``codex exec`` with the gateway as its provider; the key in LLMPROXY_API_KEY, or,
+    with ``auth_command``, whatever that command prints ([model_providers.<id>.auth])."""
     binary = require_binary("codex")
     codex_home = home / ".codex"
     codex_home.mkdir(parents=True, exist_ok=True)
@@ -170,13 +174,22 @@ def run_codex(
         'name = "llmproxy"',
         f'base_url = "{base if base.endswith("/v1") else base + "/v1"}"',
         'wire_api = "responses"',
-        'env_key = "LLMPROXY_API_KEY"',
         f"supports_websockets = {'true' if websockets else 'false'}",
     ]
+    if auth_command is None:
+        lines.append('env_key = "LLMPROXY_API_KEY"')
+    else:
+        lines += [
+            "",
+            "[model_providers.llmproxy.auth]",
+            f"command = {json.dumps(auth_command[0])}",
+            f"args = {json.dumps(auth_command[1:])}",
+            "timeout_ms = 20000",
+        ]
     (codex_home / "config.toml").write_text("\n".join(lines) + "\n")
     work = home / "work"
     work.mkdir(parents=True, exist_ok=True)
-    extra = {"CODEX_HOME": str(codex_home), "LLMPROXY_API_KEY": key}
+    extra = {"CODEX_HOME": str(codex_home), "LLMPROXY_API_KEY": key, **(env or {})}
     argv = [str(binary), "exec", "--skip-git-repo-check", "--json", *args, prompt]
     run = _run(argv, _environment(home, sink, extra), work, timeout)
     for line in run.stdout.splitlines():

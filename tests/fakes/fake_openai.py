@@ -117,9 +117,31 @@ def _pieces(value: str, chunks: int) -> list[str]:
     return [value[i : i + size] for i in range(0, len(value), size)]
 
 
-def output_items(reply: OpenAIReply) -> list[dict]:
+def summary_of(data: dict | None) -> str:
+    """A compaction's opaque content, naming the first and last item it summarised (a
+    compaction item among them counts as the span it summarised), so a test can tell which
+    part of a history each compaction covers."""
+    items = data.get("input") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return "opaque-summary"
+    trigger = "compaction_trigger"
+    spans = [_span(i) for i in items if isinstance(i, dict) and i.get("type") != trigger]
+    return f"opaque-summary:{spans[0][0]}..{spans[-1][1]}" if spans else "opaque-summary"
+
+
+def _span(item: dict) -> tuple[str, str]:
+    content = str(item.get("encrypted_content", ""))
+    if item.get("type") == "compaction" and content.count("..") == 1:
+        first, last = content.removeprefix("opaque-summary:").split("..")
+        return first, last
+    name = str(item.get("id") or item.get("call_id") or item.get("type"))
+    return name, name
+
+
+def output_items(reply: OpenAIReply, data: dict | None = None) -> list[dict]:
     if reply.compaction:
-        return [{"type": "compaction", "id": _id("cmp"), "encrypted_content": "opaque-summary"}]
+        content = summary_of(data)
+        return [{"type": "compaction", "id": _id("cmp"), "encrypted_content": content}]
     items = []
     if reply.text:
         content = [{"type": "output_text", "text": reply.text, "annotations": []}]
@@ -158,9 +180,9 @@ def response_object(reply: OpenAIReply, model: str, output: list[dict], status: 
     return body
 
 
-def response_events(reply: OpenAIReply, model: str) -> list[dict]:
+def response_events(reply: OpenAIReply, model: str, data: dict | None = None) -> list[dict]:
     """The event sequence of a streamed response, as JSON objects (SSE data or WS frames)."""
-    items = output_items(reply)
+    items = output_items(reply, data)
     started = response_object(reply, model, [], "in_progress")
     events = [
         {"type": "response.created", "response": started},
@@ -297,9 +319,9 @@ class OpenAIRoutes:
             await asyncio.sleep(reply.head_delay)
         headers = {"x-request-id": f"req_{next(_ids):08d}", **reply.headers}
         if data.get("stream") is not True:
-            body = response_object(reply, model, output_items(reply), reply.status)
+            body = response_object(reply, model, output_items(reply, data), reply.status)
             return await self._body(request, reply, orjson.dumps(body), headers)
-        events = [sse(event) for event in response_events(reply, model)]
+        events = [sse(event) for event in response_events(reply, model, data)]
         return await self._stream(request, reply, events, headers)
 
     async def _body(self, request, reply: OpenAIReply, body: bytes, headers: dict):

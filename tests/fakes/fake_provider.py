@@ -248,6 +248,8 @@ class FakeProvider:
         self._runner: web.AppRunner | None = None
         self.openai = OpenAIRoutes(self)
         self.not_json = False  # the next request on any path is answered 200 with HTML
+        # A body larger than this (bytes) is refused with 413, as a provider's front does.
+        self.body_cap: int | None = None
 
     @property
     def ws_frames(self) -> list[dict]:
@@ -275,6 +277,7 @@ class FakeProvider:
             self.openai.ws_one_response = False
             self.openai.default = None
             self.not_json = False
+            self.body_cap = None
 
     def next_reply(self, fallback):
         with self._lock:
@@ -292,8 +295,24 @@ class FakeProvider:
         await self.record(request)
         return web.Response(text="<html>proxy error page</html>", content_type="text/html")
 
+    @web.middleware
+    async def _capped(self, request: web.Request, handler):
+        cap = self.body_cap
+        if cap is None or request.method != "POST" or len(await request.read()) <= cap:
+            return await handler(request)
+        await self.record(request)
+        error = {
+            "message": f"Request body too large (over {cap} bytes).",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "request_too_large",
+        }
+        return web.json_response({"error": error}, status=413, dumps=_dumps)  # fmt: skip
+
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._html])
+        app = web.Application(
+            client_max_size=64 * 1024 * 1024, middlewares=[self._capped, self._html]
+        )
         app.router.add_route("HEAD", "/{tail:.*}", self._head)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/messages", self._messages)
@@ -473,8 +492,8 @@ def _dumps(value: Any) -> str:
 class FakeProviderThread:
     """The fake in its own event loop on a daemon thread (for sync tests and fixtures)."""
 
-    def __init__(self, **kwargs) -> None:
-        self.fake = FakeProvider(**kwargs)
+    def __init__(self, fake_class: type[FakeProvider] | None = None, **kwargs) -> None:
+        self.fake = (fake_class or FakeProvider)(**kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 

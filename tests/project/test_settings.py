@@ -94,6 +94,14 @@ def test_scaled_mode_from_database_and_redis_urls(tmp_path):
             "LLMPROXY_BODY_TIMEOUT_SECONDS",
         ),
         ({"DJANGO_DEBUG": "true", "LLMPROXY_MAX_HEADERS": "many"}, "LLMPROXY_MAX_HEADERS"),
+        (
+            {"DJANGO_DEBUG": "true", "LLMPROXY_COMPACTION_CONCURRENCY": "0"},
+            "LLMPROXY_COMPACTION_CONCURRENCY",
+        ),
+        (
+            {"DJANGO_DEBUG": "true", "LLMPROXY_COMPACTION_MAX_CALLS": "lots"},
+            "LLMPROXY_COMPACTION_MAX_CALLS",
+        ),
     ],
 )
 def test_malformed_values_stop_startup_naming_the_variable(tmp_path, variables, named):
@@ -179,7 +187,11 @@ def test_database_url_may_name_a_sqlite_file(tmp_path, monkeypatch):
     assert relative["ENGINE"] == "django.db.backends.sqlite3"
     assert relative["NAME"] == tmp_path / "data" / "gw.sqlite3"  # from the working directory
     # the same options as the default SQLite file: WAL, and a wait for a locked database
-    assert relative["OPTIONS"] == {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}
+    assert relative["OPTIONS"] == {
+        "init_command": "PRAGMA journal_mode=WAL;",
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+    }
     absolute = env.parse_database_url("DATABASE_URL", "sqlite:////srv/llmproxy/db.sqlite3")
     assert absolute["NAME"] == Path("/srv/llmproxy/db.sqlite3")
     for url in ("sqlite://:memory:", "sqlite://"):

@@ -9,14 +9,22 @@ never branches on it.
 
 from __future__ import annotations
 
-from llmproxy.gateway.kinds.base import ClientRequest, Kind, UpstreamRequest
+from llmproxy.gateway.kinds.azure import AzureKind
+from llmproxy.gateway.kinds.base import ClientRequest, CredentialUnreachable, Kind, UpstreamRequest
+from llmproxy.gateway.kinds.bedrock import BedrockKind
 from llmproxy.gateway.kinds.direct import AnthropicKind, OpenAIKind
+from llmproxy.gateway.kinds.vertex import VertexKind
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (AnthropicKind(), OpenAIKind())}
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (AnthropicKind(), OpenAIKind(), BedrockKind(), VertexKind(), AzureKind())
+}
 
 
 def kind_of(name: str) -> Kind:
     return KINDS[name]
 
 
-__all__ = ["KINDS", "ClientRequest", "Kind", "UpstreamRequest", "kind_of"]
+__all__ = [
+    "KINDS", "ClientRequest", "CredentialUnreachable", "Kind", "UpstreamRequest", "kind_of",
+]  # fmt: skip

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import httpx
 
 from llmproxy.gateway import upstream
+from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.policy import ProviderInfo
 
 Headers = list[tuple[bytes, bytes]]
@@ -27,6 +28,15 @@ class ClientRequest:
     stream: bool
 
 
+class CredentialUnreachable(ProxyError):
+    """The kind could not get the provider's credential because what issues it (an OAuth
+    token endpoint) could not be reached: another provider may serve, as after a
+    connection error."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.UPSTREAM_UNAVAILABLE, message)
+
+
 @dataclass
 class UpstreamRequest:
     method: str
@@ -42,6 +52,8 @@ class Kind:
     paths: frozenset[str] | None = None
     # Its error bodies are already in the client protocol's shape (the provider's own API).
     native_errors = False
+    # A provider of this kind cannot work without a credential in its record.
+    credential_required = True
 
     def serves(self, path: str) -> bool:
         return self.paths is None or path in self.paths
@@ -52,7 +64,12 @@ class Kind:
             raise ValueError(f"a {self.name} provider takes no options")
         return options
 
+    def check_credential(self, credential: str) -> None:
+        """ValueError when ``credential`` cannot be what this kind needs (never says it)."""
+
     async def prepare(self, provider: ProviderInfo, request: ClientRequest) -> UpstreamRequest:
+        """The provider's request. Raises ProxyError for what the client gets instead
+        (CredentialUnreachable when another provider may serve)."""
         raise NotImplementedError
 
     def streaming(self, response: httpx.Response) -> bool:

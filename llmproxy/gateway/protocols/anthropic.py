@@ -40,6 +40,7 @@ ERROR_TYPES = {
     ErrorKind.UPSTREAM_BUSY: "api_error",
     ErrorKind.UPSTREAM_OVERLOADED: "overloaded_error",
     ErrorKind.OVERLOADED: "overloaded_error",
+    ErrorKind.DRAINING: "api_error",
     ErrorKind.INTERNAL: "api_error",
 }
 

@@ -283,7 +283,7 @@ class Protocol:
         raise NotImplementedError
 
     def error_status(self, error: ProxyError) -> int:
-        return error.kind.status
+        return error.status or error.kind.status
 
     def stream_error_event(self, message: str) -> bytes:
         raise NotImplementedError

@@ -41,6 +41,7 @@ ERRORS = {
     ErrorKind.UPSTREAM_BUSY: ("server_error", "service_unavailable"),
     ErrorKind.UPSTREAM_OVERLOADED: ("server_error", "service_unavailable"),
     ErrorKind.OVERLOADED: ("server_error", "server_overloaded"),
+    ErrorKind.DRAINING: ("server_error", "service_unavailable"),
     ErrorKind.INTERNAL: ("server_error", None),
 }
 
