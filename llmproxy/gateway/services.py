@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from llmproxy.gateway.kinds import kind_of
 from llmproxy.gateway.models import ModelRoute, Provider
+from llmproxy.gateway.targets import check_base_url
 
 
 def check_provider(*, kind: str, credential: str, options: dict) -> dict:
@@ -16,7 +18,13 @@ def check_provider(*, kind: str, credential: str, options: dict) -> dict:
         raise ValueError(f"a {kind} provider needs its credential")
     if credential:
         found.check_credential(credential)
-    return found.check_options(dict(options))
+    checked = found.check_options(dict(options))
+    if "authority" in checked:  # a token endpoint the credential is sent to
+        try:
+            check_base_url(checked["authority"])
+        except ValidationError as exc:
+            raise ValueError(f"authority: {exc.messages[0]}") from None
+    return checked
 
 
 @transaction.atomic

@@ -15,6 +15,7 @@ from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey, ApiToken
+from llmproxy.gateway import services as provider_services
 from llmproxy.gateway.models import Provider
 from llmproxy.gateway.targets import check_base_url
 
@@ -397,3 +398,22 @@ def test_the_admin_mints_tokens_for_oneself_unless_superuser(cast):
     root = admin_client(cast, "root")
     made = root.post("/admin/accounts/apitoken/add/", {"user": users["alice"].pk, "name": "a"})
     assert made.status_code == 200 and ApiToken.objects.filter(name="a", user=users["alice"])
+
+
+def test_a_new_entra_authority_drops_the_credential_and_must_be_public(cast, settings):
+    """Azure with Entra sends its client secret to the authority: the same rule as a base URL."""
+    entra = '{"tenant_id": "t", "client_id": "c", "client_secret": "s3cret"}'
+    provider, _ = provider_services.upsert_provider(
+        name="azure", kind="azure", base_url="https://res.openai.azure.com", credential=entra,
+        options={"auth": "entra", "authority": "https://login.microsoftonline.com"},
+    )  # fmt: skip
+    provider = Provider.objects.get(pk=provider.pk)
+    provider.options = {**provider.options, "authority": "https://listener.example.com"}
+    provider.save()
+    assert Provider.objects.get(pk=provider.pk).credential == ""
+    settings.LLMPROXY_ALLOW_PRIVATE_UPSTREAMS = False
+    with pytest.raises(ValueError, match="authority"):
+        provider_services.upsert_provider(
+            name="azure", kind="azure", base_url="https://res.openai.azure.com",
+            credential=entra, options={"auth": "entra", "authority": "https://169.254.169.254"},
+        )  # fmt: skip
