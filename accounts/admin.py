@@ -2,13 +2,17 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from accounts import services, signin
 from accounts.forms import CommaListField
-from accounts.models import ApiKey, ApiToken, Person, SignInToken, Team
+from accounts.models import ApiKey, ApiToken, AuditEntry, Person, SignInToken, Team
 
 # Webhook URLs typed without a scheme mean https (Django 6's default, chosen now).
 URL_FIELDS = {models.URLField: {"assume_scheme": "https"}}
@@ -207,7 +211,10 @@ class ApiTokenForm(forms.ModelForm):
 
 
 class ApiTokenAdmin(admin.ModelAdmin):
-    """Management API tokens: the secret is shown once, on the page after creation."""
+    """Management API tokens: the secret is shown once, on the page after creation.
+
+    A token acts as its person: a staff member sees, makes and deletes only their own; a
+    superuser anyone's."""
 
     form = ApiTokenForm
     list_display = ["name", "user", "prefix_shown", "created_at", "last_used_at"]
@@ -223,7 +230,23 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # a token is made or deleted, never edited
 
+    def get_queryset(self, request):
+        tokens = super().get_queryset(request)
+        return tokens if request.user.is_superuser else tokens.filter(user=request.user)
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "user" and not request.user.is_superuser:
+            kwargs["queryset"] = get_user_model().objects.filter(pk=request.user.pk)
+            kwargs["initial"] = request.user.pk
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_autocomplete_fields(self, request):
+        # The user autocomplete would offer everyone; a staff member may pick only themselves.
+        return ["user"] if request.user.is_superuser else []
+
     def save_model(self, request, obj: ApiToken, form, change: bool) -> None:
+        if obj.user_id != request.user.pk and not request.user.is_superuser:
+            raise PermissionDenied("Only a superuser makes API tokens for someone else.")
         token, secret = services.create_api_token(user=obj.user, name=obj.name)
         obj.pk = token.pk
         request._llmproxy_new_secret = secret
@@ -281,3 +304,82 @@ class SignInTokenAdmin(admin.ModelAdmin):
 
 admin.site.register(Person, PersonAdmin)
 admin.site.register(SignInToken, SignInTokenAdmin)
+
+
+class PeopleUserAdmin(UserAdmin):
+    """Django's user admin, except that staff and superuser flags, groups and permissions,
+    and superusers' accounts, are a superuser's to change (a staff member with the user
+    permissions could otherwise make themselves anything)."""
+
+    SUPERUSER_FIELDS = ("is_staff", "is_superuser", "groups", "user_permissions")
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if not request.user.is_superuser:
+            fields += [name for name in self.SUPERUSER_FIELDS if name not in fields]
+        return fields
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        # "Delete selected" checks the model permission only, not each row.
+        if not request.user.is_superuser and queryset.filter(is_superuser=True).exists():
+            raise PermissionDenied("Only a superuser may delete a superuser's account.")
+        super().delete_queryset(request, queryset)
+
+
+class SuperuserGroupAdmin(GroupAdmin):
+    """Groups carry permissions: only a superuser makes or changes one (a staff member with
+    the group permissions could otherwise grant themselves any permission)."""
+
+    def has_add_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+
+for _model, _admin in ((get_user_model(), PeopleUserAdmin), (Group, SuperuserGroupAdmin)):
+    if admin.site.is_registered(_model):
+        admin.site.unregister(_model)
+    admin.site.register(_model, _admin)
+
+
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The audit log: browsed and filtered here, never added to, changed or deleted."""
+
+    list_display = ["at", "actor_name", "via", "action", "content_type", "object_id",
+                    "object_repr", "changed_fields"]  # fmt: skip
+    list_filter = ["via", "action", "content_type", ("actor", admin.RelatedOnlyFieldListFilter),
+                   "at"]  # fmt: skip
+    search_fields = ["object_repr", "object_id", "actor_name"]
+    date_hierarchy = "at"
+    list_select_related = ["content_type"]
+    show_full_result_count = False
+
+    @admin.display(description="fields")
+    def changed_fields(self, entry) -> str:
+        return ", ".join(entry.changes)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+admin.site.register(AuditEntry, AuditEntryAdmin)

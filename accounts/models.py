@@ -352,3 +352,53 @@ class DeviceAuthorization(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at <= timezone.now()
+
+
+class AuditVia(models.TextChoices):
+    ADMIN = "admin", "admin"
+    API = "api", "management API"
+    COMMAND = "command", "management command"
+
+
+class AuditAction(models.TextChoices):
+    CREATE = "create", "created"
+    UPDATE = "update", "changed"
+    DELETE = "delete", "deleted"
+
+
+class AuditEntry(models.Model):
+    """One change made through the admin, the API or a management command: who, when, to
+    what, and each changed field's old and new value (secrets redacted). Written by
+    ``accounts.audit``, never edited: the admin and the API only read it."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Empty for a management command, or once the user is deleted.",
+    )
+    actor_name = models.CharField(
+        max_length=150, help_text='The user name at the time, or e.g. "manage.py createkey".'
+    )
+    via = models.CharField(max_length=8, choices=AuditVia.choices)
+    action = models.CharField(max_length=8, choices=AuditAction.choices)
+    content_type = models.ForeignKey(
+        "contenttypes.ContentType", on_delete=models.PROTECT, related_name="+"
+    )
+    object_id = models.CharField(max_length=64)
+    object_repr = models.CharField(max_length=200)
+    changes = models.JSONField(
+        default=dict, blank=True, help_text='{"field": {"old": ..., "new": ...}}'
+    )
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "audit log entry"
+        verbose_name_plural = "audit log"
+        indexes = [models.Index(fields=["content_type", "object_id"], name="audit_object")]
+
+    def __str__(self) -> str:
+        return f"{self.actor_name} {self.get_action_display()} {self.object_repr}"

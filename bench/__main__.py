@@ -352,6 +352,7 @@ def main() -> None:
             "DJANGO_SECRET_KEY": "bench-secret-key",
             "DJANGO_DEBUG": "false",
             "LLMPROXY_DATA_DIR": data_dir,
+            "LLMPROXY_ALLOW_PRIVATE_UPSTREAMS": "true",  # the fake provider is on loopback
             "DJANGO_LOG_LEVEL": "WARNING",
         }
         runner = Stack(env, stack)

@@ -167,7 +167,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="llmproxy-held-") as data_dir, ExitStack() as es:
             env = {**os.environ, "DJANGO_SECRET_KEY": "bench-secret-key", "DJANGO_DEBUG": "false",
                    "LLMPROXY_DATA_DIR": data_dir, "DJANGO_LOG_LEVEL": "WARNING",
-                   "LLMPROXY_ENV_FILE": ""}  # fmt: skip
+                   "LLMPROXY_ENV_FILE": "", "LLMPROXY_ALLOW_PRIVATE_UPSTREAMS": "true"}  # fmt: skip
             stack = Stack(env, es, workers=workers)
             secret = stack.start()
             rows += asyncio.run(measure(stack, secret, counts, args.seconds))

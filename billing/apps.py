@@ -8,7 +8,11 @@ class BillingConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from accounts import audit
+        from billing.models import Price
         from billing.services import add_shipped_prices_after_migrate
+
+        audit.track(Price)
 
         # After every migrate: the shipped price rows that are missing (never overwriting).
         post_migrate.connect(

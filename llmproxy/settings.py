@@ -68,6 +68,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Changes made in the admin and the API are audited as their user's (accounts.audit).
+    "accounts.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -261,6 +263,9 @@ LLMPROXY_ABANDONED_READ_SECONDS = env_float(
     ENV, "LLMPROXY_ABANDONED_READ_SECONDS", 2.0, minimum=0.0
 )
 LLMPROXY_USAGE_BATCH_SIZE = env_int(ENV, "LLMPROXY_USAGE_BATCH_SIZE", 100, minimum=1)
+# Provider base URLs on loopback, private or link-local addresses (and plain http to them):
+# refused unless true, since the provider credential is sent to the base URL.
+LLMPROXY_ALLOW_PRIVATE_UPSTREAMS = env_bool(ENV, "LLMPROXY_ALLOW_PRIVATE_UPSTREAMS", False)
 
 # Metrics (GET /metrics): with several processes on a host (uvicorn workers, Celery), a
 # directory they share, so one scrape reports them all; a bearer token and/or the networks

@@ -35,3 +35,7 @@ LLMPROXY_ABANDONED_READ_SECONDS = 0.3
 
 # Provider failures answer at once (the failover and overload tests set their own budget).
 LLMPROXY_RETRY_SECONDS = 0.0
+
+# The fake providers listen on 127.0.0.1: loopback base URLs are allowed here (and in the
+# processes the tests start, which are given LLMPROXY_ALLOW_PRIVATE_UPSTREAMS=true).
+LLMPROXY_ALLOW_PRIVATE_UPSTREAMS = True

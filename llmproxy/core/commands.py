@@ -8,6 +8,8 @@ from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from llmproxy.core.acting import acting
+
 
 class _OneLineParser(CommandParser):
     def error(self, message):
@@ -27,8 +29,11 @@ class OpsCommand(BaseCommand):
         return parser
 
     def execute(self, *args, **options):
+        # What this command changes is audited as done by it (accounts.audit).
+        name = f"manage.py {type(self).__module__.rsplit('.', 1)[-1]}"
         try:
-            return super().execute(*args, **options)
+            with acting("command", name=name):
+                return super().execute(*args, **options)
         except CommandError:
             raise
         except ValueError as exc:

@@ -6,6 +6,12 @@ from django.contrib import admin
 from llmproxy.gateway import services
 from llmproxy.gateway.kinds import kind_of
 from llmproxy.gateway.models import ModelRoute, Provider
+from llmproxy.gateway.targets import check_base_url
+
+NEW_URL_NEEDS_KEY = (
+    "The base URL changed: enter the API key for the new address again (the stored key is "
+    "cleared, never sent to a new address)."
+)
 
 
 class ProviderForm(forms.ModelForm):
@@ -20,7 +26,8 @@ class ProviderForm(forms.ModelForm):
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Stored encrypted and never shown again. Leave empty to keep the current key. "
+        help_text="Stored encrypted and never shown again. Leave empty to keep the current key "
+        "(a changed base URL needs it again). "
         "Bedrock: ACCESS_KEY_ID:SECRET_ACCESS_KEY (or empty for the standard AWS sources); "
         "Vertex: the service account's JSON key; Azure: the resource key, or Entra JSON.",
     )
@@ -32,10 +39,21 @@ class ProviderForm(forms.ModelForm):
             "enabled",
         ]  # fmt: skip
 
+    def clean_base_url(self) -> str:
+        return check_base_url(self.cleaned_data["base_url"])
+
     def clean(self):
         cleaned = super().clean()
         kind = cleaned.get("kind")
         if kind is None:
+            return cleaned
+        url_changed = (
+            self.instance.pk is not None
+            and "base_url" in cleaned
+            and cleaned["base_url"] != self.instance.base_url.rstrip("/")
+        )
+        if not cleaned.get("api_key") and url_changed and self.instance.has_credential:
+            self.add_error("api_key", NEW_URL_NEEDS_KEY)
             return cleaned
         credential = cleaned.get("api_key") or self.instance.credential
         if not credential and kind_of(kind).credential_required:
@@ -71,6 +89,17 @@ class ProviderAdmin(admin.ModelAdmin):
     list_filter = ["kind", "enabled", "websockets"]
     search_fields = ["name", "base_url"]
     inlines = [ModelRouteInline]
+
+    # Providers hold the organisation's credentials and decide where they are sent: only
+    # superusers add, change or delete them, whatever model permissions a staff user has.
+    def has_add_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
 
     @admin.display(description="credential")
     def credential_state(self, provider: Provider) -> str:

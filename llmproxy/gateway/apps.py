@@ -9,4 +9,9 @@ class GatewayConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from accounts import audit
         from llmproxy.gateway import signals  # noqa: F401 - connects policy invalidation
+        from llmproxy.gateway.models import ModelRoute, Provider
+
+        audit.track(Provider, secret={"credential_encrypted"})
+        audit.track(ModelRoute, m2m=["teams", "people"])

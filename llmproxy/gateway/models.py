@@ -66,6 +66,33 @@ class Provider(models.Model):
     def __repr__(self) -> str:
         return f"<Provider {self.name!r} {self.kind} {self.base_url}>"
 
+    def save(self, *args, **kwargs) -> None:
+        """A provider re-pointed elsewhere (another base URL, or for Azure another Entra
+        authority) keeps no credential it was not given again: the stored one was meant
+        for the old address, and would be sent to the new."""
+        stored_target, stored_credential = getattr(self, "_stored", (None, None))
+        if stored_target is not None and self._target() != stored_target:
+            if self.credential_encrypted == stored_credential:
+                self.credential_encrypted = ""
+            update_fields = kwargs.get("update_fields")
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "credential_encrypted"}
+        super().save(*args, **kwargs)
+        self._stored = (self._target(), self.credential_encrypted)
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        provider = super().from_db(db, field_names, values)
+        fields = provider.__dict__
+        if "base_url" in fields and "options" in fields:
+            provider._stored = (provider._target(), fields.get("credential_encrypted"))
+        return provider
+
+    def _target(self) -> tuple[str, str | None]:
+        """Where the credential goes: the base URL, and a token endpoint if the kind has one."""
+        options = self.options if isinstance(self.options, dict) else {}
+        return self.base_url, options.get("authority")
+
     @property
     def protocol(self) -> str:
         return PROTOCOL_OF[self.kind]

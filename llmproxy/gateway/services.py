@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from llmproxy.gateway.kinds import kind_of
 from llmproxy.gateway.models import ModelRoute, Provider
+from llmproxy.gateway.targets import check_base_url
 
 
 class InvalidProvider(ValueError):
@@ -27,9 +29,15 @@ def check_provider(*, kind: str, credential: str, options: dict) -> dict:
     except ValueError as exc:
         raise InvalidProvider("credential", str(exc)) from None
     try:
-        return found.check_options(dict(options))
+        checked = found.check_options(dict(options))
     except ValueError as exc:
         raise InvalidProvider("options", str(exc)) from None
+    if "authority" in checked:  # a token endpoint the credential is sent to
+        try:
+            check_base_url(checked["authority"])
+        except ValidationError as exc:
+            raise InvalidProvider("options", f"authority: {exc.messages[0]}") from None
+    return checked
 
 
 @transaction.atomic

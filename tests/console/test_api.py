@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def cast(django_user_model):
-    staff = django_user_model.objects.create_user("root", is_staff=True)
+    staff = django_user_model.objects.create_superuser("root", "root@example.com", None)
     alice = django_user_model.objects.create_user("alice")
     bob = django_user_model.objects.create_user("bob")
     charlie = django_user_model.objects.create_user("charlie")

@@ -110,6 +110,7 @@ def test_two_workers_report_one_total(fake_server, tmp_path):
     env = {
         "PATH": os.environ["PATH"], "DJANGO_DEBUG": "true", "LLMPROXY_DATA_DIR": str(tmp_path),
         "LLMPROXY_METRICS_DIR": str(tmp_path / "metrics"), "LLMPROXY_ENV_FILE": "",
+        "LLMPROXY_ALLOW_PRIVATE_UPSTREAMS": "true",  # the fake provider is on loopback
     }  # fmt: skip
 
     def manage(*args: str) -> str:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_no_server_errors_and_responses_match_the_schema(gateway, django_user_model, tmp_path):
-    staff = django_user_model.objects.create_user("fuzzer", is_staff=True)
+    staff = django_user_model.objects.create_superuser("fuzzer", "fuzzer@example.com", None)
     _, token = key_services.create_api_token(user=staff, name="schemathesis")
     key_services.create_key(name="seed", owner=staff)
     st = shutil.which("st", path=str(Path(sys.executable).parent))

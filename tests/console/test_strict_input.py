@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def world(django_user_model):
-    staff = django_user_model.objects.create_user("root", is_staff=True)
+    staff = django_user_model.objects.create_superuser("root", "root@example.com", None)
     _, token = key_services.create_api_token(user=staff, name="t")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")

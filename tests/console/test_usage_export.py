@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def staff_token(django_user_model):
-    staff = django_user_model.objects.create_user("exporter", is_staff=True)
+    staff = django_user_model.objects.create_superuser("exporter", "exporter@example.com", None)
     return key_services.create_api_token(user=staff, name="export")[1]
 
 

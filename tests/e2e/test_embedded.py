@@ -30,7 +30,10 @@ def test_the_embedded_gateway_serves_prices_and_records(fake_server, tmp_path):
     fake = fake_server.fake
     fake.clear()
     fake.enqueue(fu.text("embedded hello", input_tokens=1000, output_tokens=100))
-    env = {"PATH": os.environ["PATH"], "DJANGO_DEBUG": "true", "LLMPROXY_DATA_DIR": str(tmp_path)}
+    env = {
+        "PATH": os.environ["PATH"], "DJANGO_DEBUG": "true", "LLMPROXY_DATA_DIR": str(tmp_path),
+        "LLMPROXY_ALLOW_PRIVATE_UPSTREAMS": "true",  # the fake provider is on loopback
+    }  # fmt: skip
 
     def manage(*args: str) -> str:
         result = subprocess.run(

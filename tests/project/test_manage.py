@@ -161,7 +161,7 @@ def test_addprovider_marks_an_openai_provider_as_serving_websockets():
 
 
 def test_addprovider_rejects_a_bad_url():
-    with pytest.raises(CommandError, match="not an http"):
+    with pytest.raises(CommandError, match="must be an https"):
         run("addprovider", "x", "--kind", "openai", "--base-url", "ftp://x", "--api-key", "k")
     with pytest.raises(CommandError, match="invalid choice"):
         run("addprovider", "x", "--kind", "gemini", "--base-url", "https://x", "--api-key", "k")

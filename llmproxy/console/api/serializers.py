@@ -4,13 +4,16 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
+from rest_framework.exceptions import PermissionDenied
 
 from accounts.models import ApiKey, ApiToken, Team
 from billing.models import Price, UsageEvent
 from llmproxy.gateway import services as gateway_services
 from llmproxy.gateway.models import ModelRoute, Provider
+from llmproxy.gateway.targets import check_base_url
 
 
 class StrictInput:
@@ -140,23 +143,52 @@ class RevokeSerializer(StrictSerializer):
     reason = serializers.CharField(max_length=200, required=False, allow_blank=True)
 
 
+def layer_patterns() -> serializers.ListField:
+    """A person's or team's policy list: null means the layer does not restrict."""
+    return serializers.ListField(
+        child=serializers.CharField(max_length=200), allow_null=True, required=False
+    )
+
+
 class TeamSerializer(StrictModelSerializer):
     budget_usd = serializers.DecimalField(
         max_digits=12, decimal_places=4, min_value=Decimal(0), allow_null=True, required=False
     )
+    allowed_models = layer_patterns()
+    allowed_endpoints = layer_patterns()
+    allowed_tools = layer_patterns()
 
     class Meta:
         model = Team
         fields = [
             "id", "name", "members", "budget_usd", "budget_period", "alert_webhook_url",
-            "created_at",
+            "allowed_models", "allowed_endpoints", "allowed_tools", "rpm", "tpm",
+            "max_concurrent", "created_at",
         ]  # fmt: skip
 
 
 class UserSerializer(StrictModelSerializer):
     class Meta:
         model = get_user_model()
-        fields = ["id", "username", "email", "first_name", "last_name", "is_staff", "is_active"]
+        fields = [
+            "id", "username", "email", "first_name", "last_name", "is_staff", "is_superuser",
+            "is_active",
+        ]  # fmt: skip
+
+
+SUPERUSER_FLAGS = ("is_staff", "is_superuser")
+
+
+def check_user_flags(actor, user, changes: dict) -> None:
+    """Staff and superuser flags, and a superuser's account, are a superuser's to change:
+    with them a staff member with the user permissions could make themselves anything."""
+    if actor.is_superuser:
+        return
+    if user is not None and user.is_superuser:
+        raise PermissionDenied("Only a superuser may change or delete a superuser's account.")
+    for flag in SUPERUSER_FLAGS:
+        if flag in changes and bool(changes[flag]) != bool(getattr(user, flag, False)):
+            raise PermissionDenied(f"Only a superuser may set {flag}.")
 
 
 class ProviderSerializer(StrictModelSerializer):
@@ -176,8 +208,27 @@ class ProviderSerializer(StrictModelSerializer):
             "options", "websockets", "enabled", "created_at", "updated_at",
         ]  # fmt: skip
 
+    def validate_base_url(self, value: str) -> str:
+        try:
+            return check_base_url(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
+
     def validate(self, attrs):
         instance = self.instance
+        if (
+            instance is not None
+            and not attrs.get("credential")
+            and "base_url" in attrs
+            and attrs["base_url"] != instance.base_url.rstrip("/")
+            and instance.has_credential
+        ):
+            raise serializers.ValidationError(
+                {
+                    "credential": "The base URL changed: send the API key for the new address "
+                    "too (the stored key is cleared, never sent to a new address)."
+                }
+            )
         kind = attrs.get("kind", instance.kind if instance else "")
         credential = attrs.get("credential") or (instance.credential if instance else "")
         options = attrs.get("options", instance.options if instance else {})
@@ -245,9 +296,15 @@ class SpendRowSerializer(StrictSerializer):
 
 
 class TokenSerializer(StrictModelSerializer):
+    user = serializers.PrimaryKeyRelatedField(
+        queryset=get_user_model().objects.all(),
+        required=False,
+        help_text="Whom the token acts as: you unless set (someone else: superusers only).",
+    )
+
     class Meta:
         model = ApiToken
-        fields = ["id", "name", "prefix", "created_at", "last_used_at"]
+        fields = ["id", "name", "user", "prefix", "created_at", "last_used_at"]
         read_only_fields = ["prefix", "created_at", "last_used_at"]
 
 

@@ -2,7 +2,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from llmproxy.console.api import views
+from llmproxy.console.api import audit, people, views
 
 router = DefaultRouter()
 router.register("keys", views.ApiKeyViewSet, basename="key")
@@ -13,6 +13,10 @@ router.register("routes", views.ModelRouteViewSet, basename="route")
 router.register("prices", views.PriceViewSet, basename="price")
 router.register("usage", views.UsageViewSet, basename="usage")
 router.register("tokens", views.TokenViewSet, basename="token")
+router.register("audit", audit.AuditViewSet, basename="audit")
+router.register("people", people.PersonViewSet, basename="person")
+router.register("memberships", people.MembershipViewSet, basename="membership")
+router.register("sign-ins", people.SignInViewSet, basename="sign-in")
 
 urlpatterns = [
     path("me", views.MeView.as_view(), name="me"),

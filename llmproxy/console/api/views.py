@@ -28,7 +28,13 @@ from billing.budgets import Budget
 from billing.models import Price, UsageEvent
 from llmproxy.console.api import serializers as s
 from llmproxy.console.api.auth import VirtualKeyAuthentication
-from llmproxy.console.api.permissions import HasVirtualKey, IsStaff, StaffWritesOthersRead
+from llmproxy.console.api.permissions import (
+    HasVirtualKey,
+    ModelPermission,
+    ModelPermissionOrOwn,
+    SuperuserWrites,
+    may,
+)
 from llmproxy.gateway.models import ModelRoute, Provider
 
 
@@ -64,27 +70,31 @@ class ApiKeyViewSet(
     mixins.CreateModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Virtual keys. Staff see and change all; an owner sees own keys, may rotate or revoke
-    them and tighten (never loosen) their limits."""
+    """Virtual keys. Staff with the key permissions see (view) and change (change, add) all;
+    an owner sees own keys, may rotate or revoke them and tighten (never loosen) their
+    limits."""
 
     serializer_class = s.ApiKeySerializer
-    permission_classes = [IsAuthenticated]
+    permission_classes = [ModelPermissionOrOwn]
+    owner_actions = {"update", "partial_update", "rotate", "revoke"}
+    action_permissions = {"rotate": "change", "revoke": "change"}
     pagination_class = Pages
     queryset = ApiKey.objects.none()  # for the schema; get_queryset scopes it per caller
 
     def get_queryset(self):
         keys = ApiKey.objects.select_related("team").order_by("-created_at", "-id")
-        if self.request.user.is_staff:
+        if may(self.request.user, ApiKey, "view"):
             return keys
         return keys.filter(owner=self.request.user)
+
+    def is_own(self, key: ApiKey) -> bool:
+        return key.owner_id == self.request.user.pk
 
     def get_serializer_class(self):
         return s.NewKeySerializer if self.action == "create" else s.ApiKeySerializer
 
     @extend_schema(request=s.ApiKeySerializer, responses={201: s.NewKeySerializer})
     def create(self, request, *args, **kwargs):
-        if not request.user.is_staff:
-            raise PermissionDenied("Only staff create keys.")
         serializer = s.ApiKeySerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         with _key_secret_conflict_is_409():
@@ -93,7 +103,7 @@ class ApiKeyViewSet(
         return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
 
     def perform_update(self, serializer):
-        if not self.request.user.is_staff:
+        if not may(self.request.user, ApiKey, "change"):
             try:
                 key_services.check_owner_change(
                     key=serializer.instance, changes=serializer.validated_data
@@ -130,33 +140,54 @@ class ApiKeyViewSet(
 
 
 class TeamViewSet(viewsets.ModelViewSet):
-    """Teams. Staff manage them; members may read their own teams."""
+    """Teams, their policies and budgets. Staff with the team permissions manage them;
+    members read their own teams."""
 
     serializer_class = s.TeamSerializer
-    permission_classes = [StaffWritesOthersRead]
+    permission_classes = [ModelPermissionOrOwn]
+    owner_actions: set[str] = set()
     pagination_class = Pages
     queryset = Team.objects.none()
 
     def get_queryset(self):
         teams = Team.objects.prefetch_related("members").order_by("name")
-        if self.request.user.is_staff:
+        if may(self.request.user, Team, "view"):
             return teams
         return teams.filter(members=self.request.user)
 
 
 class StaffViewSet(viewsets.ModelViewSet):
-    permission_classes = [IsStaff]
+    """Staff with the model permission each action needs (view, add, change, delete)."""
+
+    permission_classes = [ModelPermission]
     pagination_class = Pages
 
 
 class UserViewSet(StaffViewSet):
+    """People's accounts. Staff and superuser flags, and superusers' accounts, are changed
+    by superusers only."""
+
     serializer_class = s.UserSerializer
     queryset = get_user_model().objects.order_by("id")
 
+    def perform_create(self, serializer):
+        s.check_user_flags(self.request.user, None, serializer.validated_data)
+        serializer.save()
+
+    def perform_update(self, serializer):
+        s.check_user_flags(self.request.user, serializer.instance, serializer.validated_data)
+        serializer.save()
+
+    def perform_destroy(self, instance):
+        s.check_user_flags(self.request.user, instance, {})
+        instance.delete()
+
 
 class ProviderViewSet(StaffViewSet):
-    """Upstream providers; the credential is write-only."""
+    """Upstream providers; the credential is write-only. Reading needs the provider view
+    permission; adding, changing and deleting a provider is for superusers only."""
 
+    permission_classes = [SuperuserWrites]
     serializer_class = s.ProviderSerializer
     queryset = Provider.objects.order_by("name")
 
@@ -177,22 +208,30 @@ class TokenViewSet(
     mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Your own management API tokens. The secret is shown once, at creation."""
+    """Management API tokens: your own (a superuser: everyone's). The secret is shown once,
+    at creation. A token acts as its person, so only a superuser mints (``user``) or sees
+    one for someone else."""
 
     serializer_class = s.TokenSerializer
     permission_classes = [IsAuthenticated]
     queryset = ApiToken.objects.none()
 
     def get_queryset(self):
-        return ApiToken.objects.filter(user=self.request.user)
+        tokens = ApiToken.objects.order_by("-created_at", "-id")
+        if self.request.user.is_superuser:
+            return tokens
+        return tokens.filter(user=self.request.user)
 
     @extend_schema(responses={201: s.NewTokenSerializer})
     def create(self, request, *args, **kwargs):
         serializer = s.TokenSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        user = serializer.validated_data.get("user") or request.user
+        if user != request.user and not request.user.is_superuser:
+            raise PermissionDenied("Only a superuser makes API tokens for someone else.")
         with _key_secret_conflict_is_409():
             token, secret = key_services.create_api_token(
-                user=request.user, name=serializer.validated_data["name"]
+                user=user, name=serializer.validated_data["name"]
             )
         body = s.TokenSerializer(token).data | {"token": secret}
         return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
@@ -243,7 +282,7 @@ def _text(name: str, value: str) -> str:
 def usage_for(request):
     """Usage the caller may see, filtered by the query string."""
     events = UsageEvent.objects.all()
-    if not request.user.is_staff:
+    if not may(request.user, UsageEvent, "view"):
         events = events.filter(api_key__owner=request.user)
     query = request.query_params
     if query.get("key"):

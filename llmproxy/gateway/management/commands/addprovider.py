@@ -6,11 +6,11 @@ import os
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
-from django.core.validators import URLValidator
 
 from llmproxy.core.commands import OpsCommand, comma_list
 from llmproxy.gateway import services
 from llmproxy.gateway.models import ProviderKind
+from llmproxy.gateway.targets import check_base_url
 
 
 def kind_options(pairs: list[str]) -> dict:
@@ -59,11 +59,9 @@ class Command(OpsCommand):
 
     def handle(self, *args, **options):
         try:
-            URLValidator(schemes=["http", "https"])(options["base_url"])
-        except ValidationError:
-            raise CommandError(
-                f"--base-url is not an http(s) URL: {options['base_url']!r}"
-            ) from None
+            base_url = check_base_url(options["base_url"])
+        except ValidationError as exc:
+            raise CommandError(f"--base-url {options['base_url']!r}: {exc.messages[0]}") from None
         if options["websockets"] and options["kind"] not in ("openai", "azure"):
             raise CommandError(
                 "--websockets: only an openai provider (or an azure one) serves Responses "
@@ -84,7 +82,7 @@ class Command(OpsCommand):
             provider, created = services.upsert_provider(
                 name=options["name"],
                 kind=options["kind"],
-                base_url=options["base_url"],
+                base_url=base_url,
                 credential=credential,
                 model_patterns=options["models"],
                 websockets=options["websockets"],
