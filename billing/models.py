@@ -193,6 +193,25 @@ class UsageEvent(models.Model):
         )
 
 
+class UsageDeadLetter(models.Model):
+    """A usage event the ledger could not store, kept with its raw data and the error.
+
+    The writer stores a batch row by row when the batch fails, so one such event never takes
+    the others with it (docs/operations.md, "Dead letters"). Read-only in the admin.
+    """
+
+    request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    data = models.TextField(help_text="The event as it reached the writer (JSON, ASCII-escaped).")
+    error = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.request_id or '(no request id)'}: {self.error[:80]}"
+
+
 class BudgetAlert(models.Model):
     """Spend crossed a threshold of a budget: once per subject, period and threshold."""
 

@@ -247,6 +247,21 @@ LLMPROXY_ABANDONED_READ_SECONDS = env_float(
     ENV, "LLMPROXY_ABANDONED_READ_SECONDS", 2.0, minimum=0.0
 )
 LLMPROXY_USAGE_BATCH_SIZE = env_int(ENV, "LLMPROXY_USAGE_BATCH_SIZE", 100, minimum=1)
+# Scaled mode: a batch handed to the broker is checked against the ledger after this long and
+# sent again if it is not there (a flushed Redis lost it); a replay inserts nothing twice.
+LLMPROXY_USAGE_CONFIRM_SECONDS = env_float(ENV, "LLMPROXY_USAGE_CONFIRM_SECONDS", 60.0, minimum=0.1)
+# At shutdown, how long queued usage may take to be handed over before the rest is spooled.
+LLMPROXY_USAGE_SHUTDOWN_SECONDS = env_float(
+    ENV, "LLMPROXY_USAGE_SHUTDOWN_SECONDS", 30.0, minimum=0.0
+)
+# Usage not delivered at shutdown is written here and replayed at the next start (and by
+# `manage.py replayusage`).
+LLMPROXY_USAGE_SPOOL_DIR = Path(
+    env_str(ENV, "LLMPROXY_USAGE_SPOOL_DIR", str(DATA_DIR / "usage-spool"))
+)
+# Raw usage older than this many days is deleted (the daily rollups keep the totals);
+# unset or 0: kept forever.
+LLMPROXY_USAGE_RETENTION_DAYS = env_int(ENV, "LLMPROXY_USAGE_RETENTION_DAYS", 0, minimum=0) or None
 
 # Metrics (GET /metrics): with several processes on a host (uvicorn workers, Celery), a
 # directory they share, so one scrape reports them all; a bearer token and/or the networks

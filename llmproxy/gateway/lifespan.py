@@ -1,9 +1,12 @@
-"""ASGI lifespan: on shutdown, hand over queued usage and close the upstream client."""
+"""ASGI lifespan: at startup, replay usage an earlier process spooled; on shutdown, hand
+over queued usage (spooling what cannot be delivered) and close the upstream client."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+
+from django.conf import settings
 
 from llmproxy.core import tracing
 from llmproxy.gateway import upstream
@@ -16,11 +19,14 @@ async def lifespan(scope, receive, send):
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            sink.replay_spool()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await upstream.close()
-            if not await asyncio.to_thread(sink.flush, 30.0):
-                log.error("usage events still queued at shutdown")
+            wait = settings.LLMPROXY_USAGE_SHUTDOWN_SECONDS
+            if not await asyncio.to_thread(sink.flush, wait):
+                log.error("usage events still queued at shutdown; spooling them")
+            await asyncio.to_thread(sink.spool_undelivered, min(wait, 10.0))
             await asyncio.to_thread(sink.close_connections)
             await asyncio.to_thread(tracing.flush)
             await send({"type": "lifespan.shutdown.complete"})
