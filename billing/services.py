@@ -7,16 +7,19 @@ import functools
 import json
 import logging
 import sys
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from django.apps import apps as global_apps
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, router, transaction
 from django.db.models import Q
 
 from accounts.models import ApiKey
+from billing import rollups
 from billing.models import Price, UsageDeadLetter, UsageEvent
 from billing.records import UsageRecord, clean_text
 from llmproxy.core import metrics
@@ -170,6 +173,9 @@ def record_usage_batch(records: list[UsageRecord]) -> int:
     holds up the others or the batches after them. Raises only ``TRANSIENT_ERRORS``.
     """
     records = list({record.request_id: record for record in records}.values())
+    for record in _past_retention(records):
+        records.remove(record)
+        _dead_letter(record.to_wire(), ValueError("older than LLMPROXY_USAGE_RETENTION_DAYS"))
     if not records:
         return 0
     try:
@@ -203,7 +209,8 @@ def _insert_one_by_one(records: list[UsageRecord]) -> list[UsageRecord]:
 def _insert(records: list[UsageRecord]) -> list[UsageRecord]:
     """INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING request_id (PostgreSQL and
     SQLite ≥ 3.35 alike): the records this call inserted, never one another writer or an
-    earlier delivery of the batch already stored."""
+    earlier delivery of the batch already stored; their daily rollups are added. Runs inside
+    the caller's transaction."""
     connection = transaction.get_connection()
     fields = [field for field in UsageEvent._meta.concrete_fields if not field.primary_key]
     quote = connection.ops.quote_name
@@ -221,7 +228,9 @@ def _insert(records: list[UsageRecord]) -> list[UsageRecord]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         inserted = {row[0] for row in cursor.fetchall()}
-    return [record for record in records if record.request_id in inserted]
+    fresh = [record for record in records if record.request_id in inserted]
+    rollups.add(connection, fresh)  # same transaction: only what this INSERT stored
+    return fresh
 
 
 def _dead_letter(data: Any, exc: BaseException) -> None:
@@ -241,6 +250,47 @@ def _dead_letter(data: Any, exc: BaseException) -> None:
         request_id=request_id, data=text, error=clean_text(error, 2000, keep_lines=True)
     )
     metrics.USAGE_DEAD_LETTERED.inc()
+
+
+def retention_cutoff(now: datetime | None = None, days: int | None = None) -> datetime | None:
+    """The UTC midnight before which raw usage is pruned (``LLMPROXY_USAGE_RETENTION_DAYS``);
+    None: kept forever."""
+    days = settings.LLMPROXY_USAGE_RETENTION_DAYS if days is None else days
+    if not days:
+        return None
+    today = (now or datetime.now(UTC)).astimezone(UTC).replace(hour=0, minute=0, second=0,
+                                                                microsecond=0)  # fmt: skip
+    return today - timedelta(days=days)
+
+
+def prune_usage(*, days: int | None = None, now: datetime | None = None, chunk: int = 5000) -> int:
+    """Delete raw usage from before the retention cutoff, a chunk per transaction (no long
+    lock on the table); returns how many rows. The daily rollups stay, so every total —
+    budgets, the dashboard, the spend API — is what it was."""
+    cutoff = retention_cutoff(now, days)
+    if cutoff is None:
+        return 0
+    deleted = 0
+    old = UsageEvent.objects.filter(created_at__lt=cutoff).order_by()
+    while ids := list(old.values_list("id", flat=True)[:chunk]):
+        deleted += UsageEvent.objects.filter(id__in=ids).delete()[0]
+    return deleted
+
+
+def _past_retention(records: list[UsageRecord]) -> list[UsageRecord]:
+    """Records from before the retention cutoff: their raw rows may have been stored and
+    pruned already, so storing them again could count them twice in the rollups."""
+    cutoff = retention_cutoff()
+    if cutoff is None:
+        return []
+    late = []
+    for record in records:
+        try:
+            if rollups.day_of(record) < cutoff.date():
+                late.append(record)
+        except ValueError:
+            continue  # no usable date: dead-lettered by the insert
+    return late
 
 
 def recorded_request_ids(request_ids: list[str]) -> set[str]:

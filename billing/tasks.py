@@ -19,6 +19,11 @@ def record_usage_batch(events: list[dict]) -> int:
 
 
 @shared_task
+def prune_usage() -> int:
+    return services.prune_usage()
+
+
+@shared_task
 def check_budget_alerts() -> int:
     created = alerts.check_budget_alerts()
     for alert_id in created:

@@ -124,10 +124,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# celery -A llmproxy beat: budget alerts every minute, counters against the ledger every 5.
+# celery -A llmproxy beat: budget alerts every minute, counters against the ledger every 5,
+# raw usage past LLMPROXY_USAGE_RETENTION_DAYS pruned hourly (a no-op when unset).
 CELERY_BEAT_SCHEDULE = {
     "budget-alerts": {"task": "billing.tasks.check_budget_alerts", "schedule": 60.0},
     "reconcile-counters": {"task": "llmproxy.gateway.tasks.reconcile_counters", "schedule": 300.0},
+    "prune-usage": {"task": "billing.tasks.prune_usage", "schedule": 3600.0},
 }
 # A task taken by a worker that dies unacknowledged goes back to the queue after this long;
 # workers look for such tasks every few seconds (kombu's default scans only every ~100 s).
