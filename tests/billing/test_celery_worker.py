@@ -54,6 +54,12 @@ def events(batch: int, size: int) -> list[dict]:
     ]  # fmt: skip
 
 
+def clear_queue(redis_client) -> None:
+    """The default queue and kombu's unacknowledged tasks: a task an earlier test's killed
+    worker held would otherwise come back (after the visibility timeout) into this test."""
+    redis_client.delete("celery", "unacked", "unacked_index", "unacked_mutex")
+
+
 def worker_log(tmp_path: Path) -> str:
     log = tmp_path / "worker.log"
     return log.read_text(errors="replace")[-3000:] if log.exists() else "(no worker log)"
@@ -80,7 +86,7 @@ def insert_waiting_on_lock(blocker) -> bool:
 @pytest.mark.filterwarnings("ignore::celery.exceptions.AlwaysEagerIgnored")
 def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(postgres, redis_client, tmp_path):
     batches, size = 30, 400
-    redis_client.delete("celery")  # the default queue: only this test's tasks
+    clear_queue(redis_client)  # only this test's tasks
     for batch in range(batches):
         # send_task always goes through the broker (the test settings run tasks eagerly)
         app.send_task("billing.tasks.record_usage_batch", args=[events(batch, size)])
@@ -117,7 +123,7 @@ def test_poison_events_do_not_stop_a_worker(postgres, redis_client, tmp_path):
     """Issue 10, finding 3, on PostgreSQL with a real worker: a token count beyond bigint and
     a NUL in a model name (each failed a whole batch with DataError before), a malformed
     event and one with no usable date, amid good events; the batches after them too."""
-    redis_client.delete("celery")
+    clear_queue(redis_client)
     poisoned = events(0, 6)
     poisoned[1]["input_tokens"] = 2**64 - 1
     poisoned[2]["model"] = "claude\u0000-opus"

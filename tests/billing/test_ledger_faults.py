@@ -36,6 +36,7 @@ from django.db import connection
 from billing.models import UsageEvent
 from tests.billing.test_celery_worker import (
     ROOT,
+    clear_queue,
     database_url,
     insert_waiting_on_lock,
     start_worker,
@@ -128,7 +129,7 @@ def test_every_usage_event_is_recorded_once_through_faults(
 ):
     fake.set_default(fu.text("hello", input_tokens=120, output_tokens=12))
     secret = make_key()
-    redis_client.delete("celery")
+    clear_queue(redis_client)
     port = free_port()
     worker = start_worker(tmp_path)
     gateway = start_gateway(tmp_path, port)
