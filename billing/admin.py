@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from billing.models import BudgetAlert, Price, UsageEvent
+from billing.models import BudgetAlert, Price, UsageDeadLetter, UsageEvent
 
 
 class PriceAdmin(admin.ModelAdmin):
@@ -85,3 +85,26 @@ class BudgetAlertAdmin(admin.ModelAdmin):
 
 
 admin.site.register(BudgetAlert, BudgetAlertAdmin)
+
+
+class UsageDeadLetterAdmin(admin.ModelAdmin):
+    """Usage events the ledger could not store: read here, never edited (docs/operations.md,
+    "Dead letters")."""
+
+    list_display = ["created_at", "request_id", "error"]
+    search_fields = ["request_id", "error"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["created_at", "request_id", "data", "error"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+admin.site.register(UsageDeadLetter, UsageDeadLetterAdmin)

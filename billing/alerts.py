@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import budgets
-from billing.models import BudgetAlert, UsageEvent
+from billing.models import BudgetAlert, UsageDaily
 
 THRESHOLDS = (50, 80, 100)
 
@@ -23,7 +23,7 @@ def check_budget_alerts(now: datetime | None = None) -> list[int]:
     for budget, holder in budgets.holders():
         if budget.limit_usd <= 0:
             continue
-        spent = UsageEvent.objects.spent(budget, now)
+        spent = UsageDaily.objects.spent(budget, now)
         percent = spent * 100 / budget.limit_usd
         for threshold in THRESHOLDS:
             if percent < threshold:

@@ -3,7 +3,7 @@
 A ``Budget`` is an immutable value built here and nowhere else: the gateway's policy
 snapshot, the limiter's counter rebuild, reconciliation, alerts, the API and the dashboard all
 take it from these functions, and read its period spend from the one queryset method
-``UsageEvent.objects.spent``.
+``UsageDaily.objects.spent`` (the daily rollups).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from accounts.models import ApiKey, Person, Team
 from accounts.services import billed_team
-from billing.models import UsageEvent
+from billing.models import UsageDaily
 from billing.periods import period_key, period_start
 
 # Which usage column names a budget holder, by scope.
@@ -102,4 +102,4 @@ class BudgetState:
 
 
 def state(budget: Budget, now: datetime) -> BudgetState:
-    return BudgetState(budget, budget.period_name(now), UsageEvent.objects.spent(budget, now))
+    return BudgetState(budget, budget.period_name(now), UsageDaily.objects.spent(budget, now))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -92,19 +92,6 @@ class UsageKind(models.TextChoices):
     OTHER = "other", "Other"
 
 
-class UsageEventQuerySet(models.QuerySet):
-    def spent(self, budget: Budget, now: datetime) -> Decimal:
-        """What the budget's holder spent in the period that contains ``now``.
-
-        The one place period spend is computed: the limiter rebuilds lost counters from it,
-        alerts, the API and the dashboard report it.
-        """
-        rows = self.filter(
-            created_at__gte=budget.start(now), **{budget.owner_column: budget.owner_id}
-        )
-        return rows.aggregate(total=models.Sum("cost_usd"))["total"] or Decimal(0)
-
-
 class UsageEvent(models.Model):
     """One upstream call, written by Celery in batches; a unique ``request_id`` makes a
     replayed batch insert nothing."""
@@ -170,14 +157,18 @@ class UsageEvent(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(db_index=True)
 
-    objects = UsageEventQuerySet.as_manager()
-
     class Meta:
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["api_key", "created_at"], name="usage_key_time"),
             models.Index(fields=["team", "created_at"], name="usage_team_time"),
             models.Index(fields=["person", "created_at"], name="usage_person_time"),
+            # The dashboard's recent errors: rare rows, found without scanning the table.
+            models.Index(
+                fields=["-created_at", "-id"],
+                condition=~models.Q(error="") | models.Q(status__gte=400),
+                name="usage_errors_time",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -191,6 +182,89 @@ class UsageEvent(models.Model):
             + self.cache_read_tokens
             + (self.cache_write_tokens)
         )
+
+
+class UsageDailyQuerySet(models.QuerySet):
+    def period(self, budget: Budget, now: datetime) -> UsageDailyQuerySet:
+        """The budget holder's rows in the period that contains ``now`` (periods start at a
+        UTC midnight, so whole days make them up)."""
+        start = budget.start(now).astimezone(UTC).date()
+        return self.filter(day__gte=start, **{budget.owner_column: budget.owner_id})
+
+    def spent(self, budget: Budget, now: datetime) -> Decimal:
+        """What the budget's holder spent in the period that contains ``now``.
+
+        The one place period spend is computed: the limiter rebuilds lost counters from it,
+        alerts, the API and the dashboard report it.
+        """
+        total = self.period(budget, now).aggregate(total=models.Sum("cost_usd"))["total"]
+        return total or Decimal(0)
+
+
+class UsageDaily(models.Model):
+    """Usage summed per UTC day and per (key, person, team, model, provider, client, kind):
+    what every spend query reads instead of the raw events (docs/operations.md, "The
+    ledger").
+
+    The usage writer adds to it in the transaction that inserts the raw rows, for the rows it
+    inserted only, so a replayed batch adds nothing. Ids are plain numbers with 0 for none (a
+    unique key needs values, not NULLs) and no foreign key: a deleted key's spend stays.
+    """
+
+    day = models.DateField()
+    api_key_id = models.BigIntegerField(default=0)
+    person_id = models.BigIntegerField(default=0)
+    team_id = models.BigIntegerField(default=0)
+    provider_id = models.BigIntegerField(default=0)
+    model = models.CharField(max_length=200)
+    client = models.CharField(max_length=40, blank=True)
+    kind = models.CharField(max_length=16, default=UsageKind.TURN)
+    requests = models.BigIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cache_read_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
+
+    objects = UsageDailyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name_plural = "usage by day"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "api_key_id", "person_id", "team_id", "provider_id", "model",
+                        "client", "kind"],
+                name="one_usage_row_per_day_and_grain",
+            )
+        ]  # fmt: skip
+        indexes = [
+            models.Index(fields=["api_key_id", "day"], name="usage_daily_key"),
+            models.Index(fields=["person_id", "day"], name="usage_daily_person"),
+            models.Index(fields=["team_id", "day"], name="usage_daily_team"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model} ${self.cost_usd}"
+
+
+class UsageDeadLetter(models.Model):
+    """A usage event the ledger could not store, kept with its raw data and the error.
+
+    The writer stores a batch row by row when the batch fails, so one such event never takes
+    the others with it (docs/operations.md, "Dead letters"). Read-only in the admin.
+    """
+
+    request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    data = models.TextField(help_text="The event as it reached the writer (JSON, ASCII-escaped).")
+    error = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.request_id or '(no request id)'}: {self.error[:80]}"
 
 
 class BudgetAlert(models.Model):

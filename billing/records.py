@@ -107,8 +107,12 @@ class UsageRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> UsageRecord:
-        """Raises ``msgspec.ValidationError`` on an unknown, missing or mistyped field."""
-        return msgspec.convert(data, cls)
+        """Raises ``msgspec.ValidationError`` on an unknown, missing or mistyped field.
+
+        Clamped again as ``build`` does: a message from another producer (or an older one)
+        is held to the same rules as the gateway's own records.
+        """
+        return cls.build(**msgspec.structs.asdict(msgspec.convert(data, cls)))
 
     def row(self) -> dict[str, Any]:
         """The UsageEvent field values."""

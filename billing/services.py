@@ -5,17 +5,23 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 import sys
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import Any
 
+import msgspec
 from django.apps import apps as global_apps
-from django.db import DEFAULT_DB_ALIAS, router, transaction
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, router, transaction
 from django.db.models import Q
 
 from accounts.models import ApiKey
-from billing.models import Price, UsageEvent
-from billing.records import UsageRecord
+from billing import rollups
+from billing.models import Price, UsageDeadLetter, UsageEvent
+from billing.records import UsageRecord, clean_text
 from llmproxy.core import metrics
 
 PRICES_FILE = Path(__file__).with_name("prices.json")
@@ -139,23 +145,159 @@ def add_shipped_prices_after_migrate(
         )
 
 
+# A database that is down, restarting or locked: the batch is retried as a whole later
+# (Celery's retry, the sink's backoff). Any other error belongs to a row and is isolated.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+
+log = logging.getLogger(__name__)
+
+
+def record_usage_events(events: list[dict[str, Any]]) -> int:
+    """The Celery task's body: read each wire event on its own (a malformed one is
+    dead-lettered, not allowed to fail the batch), then ``record_usage_batch``."""
+    records = []
+    for event in events:
+        try:
+            records.append(UsageRecord.from_wire(event))
+        except (msgspec.ValidationError, TypeError, ValueError) as exc:
+            _dead_letter(event, exc)
+    return record_usage_batch(records)
+
+
 def record_usage_batch(records: list[UsageRecord]) -> int:
     """Insert the records whose request id is new; returns how many were new.
 
     Idempotent: Celery redelivers a batch after a worker dies (acks_late), and a replay must
-    insert nothing twice.
+    insert nothing twice. A batch the database refuses is stored row by row, and a row it
+    still refuses goes to the dead-letter table (``UsageDeadLetter``), so one bad event never
+    holds up the others or the batches after them. Raises only ``TRANSIENT_ERRORS``.
     """
-    rows = [UsageEvent(**record.row()) for record in records]
-    ids = [row.request_id for row in rows]
-    with transaction.atomic():
-        known = set(
-            UsageEvent.objects.filter(request_id__in=ids).values_list("request_id", flat=True)
-        )
-        fresh = [row for row in rows if row.request_id not in known]
-        UsageEvent.objects.bulk_create(fresh, ignore_conflicts=True)
-    _touch_keys(records)
+    records = list({record.request_id: record for record in records}.values())
+    for record in _past_retention(records):
+        records.remove(record)
+        _dead_letter(record.to_wire(), ValueError("older than LLMPROXY_USAGE_RETENTION_DAYS"))
+    if not records:
+        return 0
+    try:
+        with transaction.atomic():
+            fresh = _insert(records)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:
+        log.warning("usage batch of %d refused; storing it row by row", len(records))
+        fresh = _insert_one_by_one(records)
+    _touch_keys(fresh)
     metrics.USAGE_WRITTEN.inc(len(fresh))
     return len(fresh)
+
+
+def _insert_one_by_one(records: list[UsageRecord]) -> list[UsageRecord]:
+    fresh = []
+    for record in records:
+        try:
+            with transaction.atomic():
+                inserted = _insert([record])
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:  # a foreign key fails at the commit, past _insert
+            _dead_letter(record.to_wire(), exc)
+        else:
+            fresh += inserted
+    return fresh
+
+
+def _insert(records: list[UsageRecord]) -> list[UsageRecord]:
+    """INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING request_id (PostgreSQL and
+    SQLite ≥ 3.35 alike): the records this call inserted, never one another writer or an
+    earlier delivery of the batch already stored; their daily rollups are added. Runs inside
+    the caller's transaction."""
+    connection = transaction.get_connection()
+    fields = [field for field in UsageEvent._meta.concrete_fields if not field.primary_key]
+    quote = connection.ops.quote_name
+    values, params = [], []
+    for record in records:
+        event = UsageEvent(**record.row())
+        values.append("(" + ", ".join(["%s"] * len(fields)) + ")")
+        params += [field.get_db_prep_save(getattr(event, field.attname), connection)
+                   for field in fields]  # fmt: skip
+    # Names from the model's own metadata, values as parameters: nothing from the record.
+    table, key = quote(UsageEvent._meta.db_table), quote("request_id")
+    columns = ", ".join(quote(field.column) for field in fields)
+    sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join(values)} "  # noqa: S608
+    sql += f"ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        inserted = {row[0] for row in cursor.fetchall()}
+    fresh = [record for record in records if record.request_id in inserted]
+    rollups.add(connection, fresh)  # same transaction: only what this INSERT stored
+    return fresh
+
+
+def _dead_letter(data: Any, exc: BaseException) -> None:
+    """Keep an event the ledger cannot store, with the error; never raises but a
+    ``TRANSIENT_ERRORS`` (then the whole batch is retried)."""
+    try:
+        text = json.dumps(data, ensure_ascii=True, default=str)  # NUL → \\u0000: storable
+    except (TypeError, ValueError):
+        text = json.dumps(repr(data))
+    request_id = data.get("request_id") if isinstance(data, dict) else None
+    error = f"{type(exc).__name__}: {exc}"
+    log.error("usage event %r dead-lettered: %s", request_id, error)
+    request_id = clean_text(request_id or "", 64)
+    if UsageDeadLetter.objects.filter(request_id=request_id, data=text).exists():
+        return  # a retried batch: kept once
+    UsageDeadLetter.objects.create(
+        request_id=request_id, data=text, error=clean_text(error, 2000, keep_lines=True)
+    )
+    metrics.USAGE_DEAD_LETTERED.inc()
+
+
+def retention_cutoff(now: datetime | None = None, days: int | None = None) -> datetime | None:
+    """The UTC midnight before which raw usage is pruned (``LLMPROXY_USAGE_RETENTION_DAYS``);
+    None: kept forever."""
+    days = settings.LLMPROXY_USAGE_RETENTION_DAYS if days is None else days
+    if not days:
+        return None
+    today = (now or datetime.now(UTC)).astimezone(UTC).replace(hour=0, minute=0, second=0,
+                                                                microsecond=0)  # fmt: skip
+    return today - timedelta(days=days)
+
+
+def prune_usage(*, days: int | None = None, now: datetime | None = None, chunk: int = 5000) -> int:
+    """Delete raw usage from before the retention cutoff, a chunk per transaction (no long
+    lock on the table); returns how many rows. The daily rollups stay, so every total —
+    budgets, the dashboard, the spend API — is what it was."""
+    cutoff = retention_cutoff(now, days)
+    if cutoff is None:
+        return 0
+    deleted = 0
+    old = UsageEvent.objects.filter(created_at__lt=cutoff).order_by()
+    while ids := list(old.values_list("id", flat=True)[:chunk]):
+        deleted += UsageEvent.objects.filter(id__in=ids).delete()[0]
+    return deleted
+
+
+def _past_retention(records: list[UsageRecord]) -> list[UsageRecord]:
+    """Records from before the retention cutoff: their raw rows may have been stored and
+    pruned already, so storing them again could count them twice in the rollups."""
+    cutoff = retention_cutoff()
+    if cutoff is None:
+        return []
+    late = []
+    for record in records:
+        try:
+            if rollups.day_of(record) < cutoff.date():
+                late.append(record)
+        except ValueError:
+            continue  # no usable date: dead-lettered by the insert
+    return late
+
+
+def recorded_request_ids(request_ids: list[str]) -> set[str]:
+    """Which of these request ids the ledger holds (the sink's delivery check)."""
+    return set(
+        UsageEvent.objects.filter(request_id__in=request_ids).values_list("request_id", flat=True)
+    )
 
 
 def _touch_keys(records: list[UsageRecord]) -> None:

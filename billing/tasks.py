@@ -1,12 +1,26 @@
 from celery import shared_task
 
 from billing import alerts, services
-from billing.records import UsageRecord
+
+# The database down or restarting: try the batch again later, with backoff (a replay inserts
+# nothing twice). Any other error is a row's and is dead-lettered by the service.
 
 
-@shared_task(acks_late=True)
+@shared_task(
+    acks_late=True,
+    autoretry_for=services.TRANSIENT_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=60,
+    retry_jitter=False,
+    max_retries=None,
+)
 def record_usage_batch(events: list[dict]) -> int:
-    return services.record_usage_batch([UsageRecord.from_wire(event) for event in events])
+    return services.record_usage_events(events)
+
+
+@shared_task
+def prune_usage() -> int:
+    return services.prune_usage()
 
 
 @shared_task

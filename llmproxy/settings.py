@@ -126,10 +126,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# celery -A llmproxy beat: budget alerts every minute, counters against the ledger every 5.
+# celery -A llmproxy beat: budget alerts every minute, counters against the ledger every 5,
+# raw usage past LLMPROXY_USAGE_RETENTION_DAYS pruned hourly (a no-op when unset).
 CELERY_BEAT_SCHEDULE = {
     "budget-alerts": {"task": "billing.tasks.check_budget_alerts", "schedule": 60.0},
     "reconcile-counters": {"task": "llmproxy.gateway.tasks.reconcile_counters", "schedule": 300.0},
+    "prune-usage": {"task": "billing.tasks.prune_usage", "schedule": 3600.0},
 }
 # A task taken by a worker that dies unacknowledged goes back to the queue after this long;
 # workers look for such tasks every few seconds (kombu's default scans only every ~100 s).
@@ -266,6 +268,21 @@ LLMPROXY_USAGE_BATCH_SIZE = env_int(ENV, "LLMPROXY_USAGE_BATCH_SIZE", 100, minim
 # Provider base URLs on loopback, private or link-local addresses (and plain http to them):
 # refused unless true, since the provider credential is sent to the base URL.
 LLMPROXY_ALLOW_PRIVATE_UPSTREAMS = env_bool(ENV, "LLMPROXY_ALLOW_PRIVATE_UPSTREAMS", False)
+# Scaled mode: a batch handed to the broker is checked against the ledger after this long and
+# sent again if it is not there (a flushed Redis lost it); a replay inserts nothing twice.
+LLMPROXY_USAGE_CONFIRM_SECONDS = env_float(ENV, "LLMPROXY_USAGE_CONFIRM_SECONDS", 60.0, minimum=0.1)
+# At shutdown, how long queued usage may take to be handed over before the rest is spooled.
+LLMPROXY_USAGE_SHUTDOWN_SECONDS = env_float(
+    ENV, "LLMPROXY_USAGE_SHUTDOWN_SECONDS", 30.0, minimum=0.0
+)
+# Usage not delivered at shutdown is written here and replayed at the next start (and by
+# `manage.py replayusage`).
+LLMPROXY_USAGE_SPOOL_DIR = Path(
+    env_str(ENV, "LLMPROXY_USAGE_SPOOL_DIR", str(DATA_DIR / "usage-spool"))
+)
+# Raw usage older than this many days is deleted (the daily rollups keep the totals);
+# unset or 0: kept forever.
+LLMPROXY_USAGE_RETENTION_DAYS = env_int(ENV, "LLMPROXY_USAGE_RETENTION_DAYS", 0, minimum=0) or None
 
 # Metrics (GET /metrics): with several processes on a host (uvicorn workers, Celery), a
 # directory they share, so one scrape reports them all; a bearer token and/or the networks

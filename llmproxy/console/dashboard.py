@@ -9,62 +9,81 @@ from http import HTTPStatus
 
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import TruncDate
+from django.db.models import Q, Sum
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_safe
 
-from accounts.models import ApiKey
+from accounts.models import ApiKey, Team
 from billing import budgets
-from billing.models import UsageEvent
+from billing.models import UsageDaily, UsageEvent
 from llmproxy.console import charts
 
 DAYS = 30
-# The chart's breakdowns: ?by=... → the usage column it groups by.
-BREAKDOWNS = {"model": "model", "team": "team__name", "key": "api_key"}
+# The chart's breakdowns: ?by=... → the rollup column it groups by.
+BREAKDOWNS = {"model": "model", "team": "team_id", "key": "api_key_id"}
 
 
 def _key_names(ids) -> dict:
     """A key's label wherever the dashboard shows spend per key: its name and prefix."""
-    names = {key.pk: str(key) for key in ApiKey.objects.filter(pk__in=[i for i in ids if i])}
-    return names | {None: "(deleted key)"}
+    return {key.pk: str(key) for key in ApiKey.objects.filter(pk__in=[i for i in ids if i])}
 
 
-def _daily(events, by: str) -> tuple[list[str], dict[str, dict[str, Decimal]]]:
-    rows = list(
-        events.annotate(day=TruncDate("created_at"))
-        .values("day", by)
-        .annotate(cost=Sum("cost_usd"))
-        .order_by("day")
-    )
-    names = _key_names({row[by] for row in rows}) if by == "api_key" else {}
+def _labels(by: str, ids: set) -> dict:
+    if by == "api_key_id":
+        return _key_names(ids)
+    if by == "team_id":
+        return dict(Team.objects.filter(pk__in=[i for i in ids if i]).values_list("pk", "name"))
+    return {}
+
+
+def _daily(rows, by: str) -> tuple[list[str], dict[str, dict[str, Decimal]]]:
+    """Spend per day and per ``by`` from the daily rollups (never the raw events)."""
+    rows = list(rows.values("day", by).annotate(cost=Sum("cost_usd")).order_by("day"))
+    names = _labels(by, {row[by] for row in rows})
+    missing = "(deleted key)" if by == "api_key_id" else "none"
     series: dict[str, dict[str, Decimal]] = defaultdict(dict)
     for row in rows:
-        name = names[row[by]] if by == "api_key" else str(row[by] or "none")
-        series[name][str(row["day"])] = row["cost"] or Decimal(0)
+        name = names.get(row[by], missing) if by != "model" else str(row[by] or "none")
+        day = str(row["day"])
+        series[name][day] = series[name].get(day, Decimal(0)) + (row["cost"] or Decimal(0))
     today = datetime.now(UTC).date()
     days = [str(today - timedelta(days=n)) for n in range(DAYS - 1, -1, -1)]
     return days, dict(series)
 
 
+def _recent_days():
+    """The rollup rows of the chart's days (today's is kept as usage is written)."""
+    first = datetime.now(UTC).date() - timedelta(days=DAYS - 1)
+    return UsageDaily.objects.filter(day__gte=first)
+
+
 def _spent(key: ApiKey, now: datetime) -> Decimal:
-    return UsageEvent.objects.spent(budgets.of_key(key), now)
+    return UsageDaily.objects.spent(budgets.of_key(key), now)
+
+
+def _top_keys(rows) -> list[dict]:
+    top = list(
+        rows.values("api_key_id")
+        .annotate(cost=Sum("cost_usd"), requests=Sum("requests"))
+        .order_by("-cost")[:10]
+    )
+    keys = ApiKey.objects.in_bulk([row["api_key_id"] for row in top if row["api_key_id"]])
+    for row in top:
+        key = keys.get(row["api_key_id"])
+        row.update(api_key=key.pk if key else None, api_key__name=key.name if key else None,
+                   api_key__prefix=key.prefix if key else None)  # fmt: skip
+    return top
 
 
 @staff_member_required
 def overview(request):
     now = datetime.now(UTC)
     by = request.GET.get("by") if request.GET.get("by") in BREAKDOWNS else "model"
-    events = UsageEvent.objects.filter(created_at__gte=now - timedelta(days=DAYS))
-    days, series = _daily(events, BREAKDOWNS[by])
-    top_keys = (
-        events.values("api_key", "api_key__name", "api_key__prefix")
-        .annotate(cost=Sum("cost_usd"), requests=Count("id"))
-        .order_by("-cost")[:10]
-    )
-    top_models = events.values("model").annotate(cost=Sum("cost_usd"), requests=Count("id"))
+    rows = _recent_days()
+    days, series = _daily(rows, BREAKDOWNS[by])
+    top_models = rows.values("model").annotate(cost=Sum("cost_usd"), requests=Sum("requests"))
     burn = []
     for key in ApiKey.objects.active().filter(budget_usd__gt=0).select_related("owner"):
         spent = _spent(key, now)
@@ -84,7 +103,7 @@ def overview(request):
         "breakdowns": list(BREAKDOWNS),
         "chart": mark_safe(charts.stacked_bars(days, series)),  # noqa: S308 - escaped in charts
         "total": sum((sum(s.values(), Decimal(0)) for s in series.values()), Decimal(0)),
-        "top_keys": top_keys,
+        "top_keys": _top_keys(rows),
         "top_models": top_models.order_by("-cost")[:10],
         "burn": burn,
         "errors": _errors(),
@@ -113,8 +132,7 @@ def _status_phrase(status: int) -> str:
 def key_detail(request, key_id: int):
     key = get_object_or_404(ApiKey.objects.select_related("owner", "team"), pk=key_id)
     now = datetime.now(UTC)
-    events = key.usage_events.filter(created_at__gte=now - timedelta(days=DAYS))
-    days, series = _daily(events, "model")
+    days, series = _daily(_recent_days().filter(api_key_id=key.pk), "model")
     base = request.build_absolute_uri("/").rstrip("/")
     context = {
         **admin.site.each_context(request),

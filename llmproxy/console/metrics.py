@@ -22,7 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from accounts.models import Person, Team
 from billing import budgets
-from billing.models import UsageEvent
+from billing.models import UsageDaily
 
 BUDGETS_TTL = 30.0
 
@@ -52,7 +52,7 @@ class BudgetCollector:
         for budget, holder in budgets.holders():
             if budget.scope == "key" or budget.limit_usd <= 0:
                 continue
-            spent = UsageEvent.objects.spent(budget, now)
+            spent = UsageDaily.objects.spent(budget, now)
             name = holder.name if isinstance(holder, Team) else _person_name(holder)
             values.append(([budget.scope, name], float(spent / budget.limit_usd)))
         self._cached = (time.monotonic(), values)

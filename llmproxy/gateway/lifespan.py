@@ -1,11 +1,14 @@
-"""ASGI lifespan: at startup, drain on SIGTERM; on shutdown, hand over queued usage and close
-the upstream client."""
+"""ASGI lifespan: at startup, drain on SIGTERM, replay usage an earlier process spooled; on
+shutdown, hand over queued usage (spooling what cannot be delivered) and close the upstream
+client."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import logging
+
+from django.conf import settings
 
 from llmproxy.core import draining, tracing
 from llmproxy.gateway import upstream
@@ -19,6 +22,7 @@ async def lifespan(scope, receive, send):
         message = await receive()
         if message["type"] == "lifespan.startup":
             draining.install(asyncio.get_running_loop())
+            sink.replay_spool()
             # Everything loaded so far (Django, the app, the policy) lives as long as the
             # process: out of the collector's sight, a full collection no longer walks it,
             # which took most of a millisecond or more in the middle of a request.
@@ -27,8 +31,10 @@ async def lifespan(scope, receive, send):
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await upstream.close()
-            if not await asyncio.to_thread(sink.flush, 30.0):
-                log.error("usage events still queued at shutdown")
+            wait = settings.LLMPROXY_USAGE_SHUTDOWN_SECONDS
+            if not await asyncio.to_thread(sink.flush, wait):
+                log.error("usage events still queued at shutdown; spooling them")
+            await asyncio.to_thread(sink.spool_undelivered, min(wait, 10.0))
             await asyncio.to_thread(sink.close_connections)
             await asyncio.to_thread(tracing.flush)
             await send({"type": "lifespan.shutdown.complete"})

@@ -25,7 +25,7 @@ from decimal import Decimal
 from django.conf import settings
 
 from billing.budgets import Budget
-from billing.models import UsageEvent
+from billing.models import UsageDaily
 from billing.periods import period_end
 from billing.reservations import UNIT, from_units, to_units
 from llmproxy.core.ids import new_id
@@ -85,7 +85,7 @@ async def ledger_spend(budget: Budget, now: float) -> int:
 
 def spent_in_period(budget: Budget, now: float) -> int:
     """Recorded spend for the budget's current period, in counter units (sync: ORM)."""
-    return to_units(UsageEvent.objects.spent(budget, datetime.fromtimestamp(now, UTC)))
+    return to_units(UsageDaily.objects.spent(budget, datetime.fromtimestamp(now, UTC)))
 
 
 def _refusal(code: int, ticket: Ticket, now: float, index: int) -> ProxyError:

@@ -4,6 +4,17 @@ The event loop only appends to a thread-safe queue. One daemon thread per proces
 in batches and submits ``billing.tasks.record_usage_batch``: to the broker in scaled mode, or
 runs it right there in embedded (eager) mode, where the ORM is fine because this is a plain
 thread. A failed submission is retried with backoff; events stay queued meanwhile.
+
+No event is lost on the way (docs/operations.md, "The ledger"):
+
+- a batch the database refuses is stored row by row by the service, and a row it still
+  refuses is dead-lettered: nothing poisons the queue;
+- a batch that keeps failing for another reason is spooled to disk and the sink moves on;
+- in scaled mode a batch handed to the broker is kept until the ledger holds it: after
+  ``LLMPROXY_USAGE_CONFIRM_SECONDS`` its request ids are looked up and the missing ones sent
+  again (a flushed Redis lost the message; a replay inserts nothing twice);
+- at shutdown (``spool_undelivered``) what is still queued or unconfirmed goes to the spool
+  (``billing.spool``), replayed at the next start.
 """
 
 from __future__ import annotations
@@ -12,17 +23,29 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from billing import services, tasks
+from billing import services, spool, tasks
 from billing.records import UsageRecord
 from llmproxy.core import metrics
 
 log = logging.getLogger(__name__)
 
 _NUDGE = object()
+# Attempts at a batch that fails with an error that is not the database being away.
+_ATTEMPTS = 3
+
+
+class _Sent:
+    """A batch handed to the broker, until the ledger is seen to hold it."""
+
+    def __init__(self, batch: list[UsageRecord], wait: float) -> None:
+        self.batch = batch
+        self.wait = wait
+        self.check_at = time.monotonic() + wait
 
 
 class UsageSink:
@@ -35,6 +58,9 @@ class UsageSink:
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._sent: list[_Sent] = []  # scaled mode: handed over, not yet seen in the ledger
+        self._in_hand: list[UsageRecord] = []  # the batch being delivered
+        self._stopping = threading.Event()
 
     def submit(self, event: UsageRecord) -> None:
         """Non-blocking; safe from the event loop."""
@@ -58,6 +84,44 @@ class UsageSink:
                     return False
                 self._idle.wait(remaining)
         return True
+
+    def spool_undelivered(self, timeout: float = 10.0) -> int:
+        """At shutdown, after ``flush``: write what is still queued, being retried, or (scaled
+        mode) handed over but not yet in the ledger to the spool; returns how many events.
+
+        The sink keeps working afterwards (tests stop servers in the middle of a session).
+        """
+        if self._thread is None:
+            return 0
+        self._stopping.set()
+        done = threading.Event()
+        spooled: list[int] = []
+        self._queue.put(lambda: (spooled.append(self._spool_all()), done.set()))
+        if not done.wait(timeout):
+            # The thread is stuck in a database call: spool from here. What it writes after
+            # all is stored once (a replay skips known request ids).
+            spooled.append(self._spool_all())
+        self._stopping.clear()
+        return spooled[0]
+
+    def replay_spool(self) -> None:
+        """At startup: write what an earlier process spooled, in the sink's thread (off the
+        event loop; a database that is down leaves the files for the next start or
+        ``manage.py replayusage``)."""
+
+        def replay() -> None:
+            try:
+                close_old_connections()
+                if spool.pending():
+                    log.warning("usage spool: %d events recorded", spool.replay())
+            except Exception:
+                log.exception("usage spool not replayed; it is kept for the next start")
+            finally:
+                close_old_connections()
+
+        if self._thread is None:
+            self._start()
+        self._queue.put(replay)
 
     def _start(self) -> None:
         with self._start_lock:
@@ -84,21 +148,32 @@ class UsageSink:
             if batch:
                 if self._oldest is not None:
                     metrics.USAGE_LAG_SECONDS.set(time.monotonic() - self._oldest)
+                self._in_hand = batch
                 self._deliver(batch)
-                metrics.USAGE_QUEUED.dec(len(batch))
-                with self._idle:
-                    self._pending -= len(batch)
-                    self._oldest = time.monotonic() if self._pending else None
-                    self._idle.notify_all()
+                self._in_hand = []
+                self._done(len(batch))
+            if self._sent:
+                self._confirm()
             for control in controls:
                 control()
 
-    def _next_batch(self) -> tuple[list[UsageRecord], list]:
-        """Events until the batch is full, the linger time is up, or a control item arrives."""
+    def _done(self, count: int) -> None:
+        metrics.USAGE_QUEUED.dec(count)
+        with self._idle:
+            self._pending -= count
+            self._oldest = time.monotonic() if self._pending else None
+            self._idle.notify_all()
+
+    def _next_batch(self) -> tuple[list[UsageRecord], list[Callable[[], object]]]:
+        """Events until the batch is full, the linger time is up, or a control item arrives
+        (or nothing, when a sent batch is due for its check)."""
         batch: list[UsageRecord] = []
         size = self._batch_size or settings.LLMPROXY_USAGE_BATCH_SIZE
         controls = []
-        item = self._queue.get()
+        try:
+            item = self._queue.get(timeout=self._until_check())
+        except queue.Empty:
+            return batch, controls
         deadline = time.monotonic() + self._linger
         while True:
             if not isinstance(item, UsageRecord):
@@ -114,9 +189,16 @@ class UsageSink:
                 break
         return batch, controls
 
+    def _until_check(self) -> float | None:
+        if not self._sent:
+            return None
+        return max(0.0, min(sent.check_at for sent in self._sent) - time.monotonic())
+
     def _deliver(self, batch: list[UsageRecord]) -> None:
         delay = 0.5
+        attempt = 0
         while True:
+            attempt += 1
             try:
                 close_old_connections()
                 if settings.CELERY_TASK_ALWAYS_EAGER:
@@ -125,14 +207,99 @@ class UsageSink:
                     services.record_usage_batch(batch)
                 else:
                     tasks.record_usage_batch.delay([record.to_wire() for record in batch])
+                    wait = settings.LLMPROXY_USAGE_CONFIRM_SECONDS
+                    self._sent.append(_Sent(batch, wait))
                 return
-            except Exception:
+            except Exception as exc:
+                transient = isinstance(exc, services.TRANSIENT_ERRORS)
+                if self._stopping.is_set() or (not transient and attempt >= _ATTEMPTS):
+                    # Never let one batch hold up the ones after it; nothing is lost either.
+                    log.exception("usage batch of %d not delivered; spooling it", len(batch))
+                    self._spool(batch)
+                    return
                 # Keep the batch and try again: losing a usage event loses money.
                 log.exception("usage batch of %d not handed over; retrying", len(batch))
-                time.sleep(delay)
+                self._stopping.wait(delay)
                 delay = min(delay * 2, 30.0)
             finally:
                 close_old_connections()
+
+    def _confirm(self) -> None:
+        """Send again, from the sent batches due for their check, the events the ledger does
+        not hold yet; forget the rest."""
+        now = time.monotonic()
+        due = [sent for sent in self._sent if sent.check_at <= now]
+        if not due:
+            return
+        try:
+            close_old_connections()
+            ids = [record.request_id for sent in due for record in sent.batch]
+            held = services.recorded_request_ids(ids)
+        except Exception:
+            log.exception("usage delivery check failed; trying again")
+            for sent in due:
+                sent.check_at = now + min(sent.wait, 30.0)
+            return
+        finally:
+            close_old_connections()
+        for sent in due:
+            self._sent.remove(sent)
+            missing = [record for record in sent.batch if record.request_id not in held]
+            if not missing:
+                continue
+            log.warning("%d usage events not in the ledger yet; sending again", len(missing))
+            try:
+                tasks.record_usage_batch.delay([record.to_wire() for record in missing])
+            except Exception:
+                log.exception("usage batch of %d not handed over again", len(missing))
+            # A slow worker is not a lost message: wait twice as long before the next check.
+            again = _Sent(missing, min(sent.wait * 2, 3600.0))
+            self._sent.append(again)
+
+    def _spool_all(self) -> int:
+        """Spool every event not known to be in the ledger (the queue, the batch in hand,
+        the unconfirmed batches)."""
+        queued: list[UsageRecord] = []
+        controls = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, UsageRecord):
+                queued.append(item)
+            elif item is not _NUDGE:
+                controls.append(item)
+        if self._sent and threading.current_thread() is self._thread:
+            for sent in self._sent:
+                sent.check_at = 0.0
+            self._confirm_before_spooling()
+        unconfirmed = [record for sent in list(self._sent) for record in sent.batch]
+        records = queued + list(self._in_hand) + unconfirmed
+        self._spool(records)
+        self._sent.clear()
+        if queued:
+            self._done(len(queued))
+        for control in controls:
+            self._queue.put(control)
+        return len(records)
+
+    def _confirm_before_spooling(self) -> None:
+        """One look at the ledger, so what the worker already wrote is not spooled."""
+        try:
+            ids = [record.request_id for sent in self._sent for record in sent.batch]
+            held = services.recorded_request_ids(ids)
+        except Exception:
+            log.exception("usage delivery check at shutdown failed; spooling every batch")
+            return
+        for sent in self._sent:
+            sent.batch = [record for record in sent.batch if record.request_id not in held]
+
+    def _spool(self, records: list[UsageRecord]) -> None:
+        try:
+            spool.write(record.to_wire() for record in records)
+        except OSError:
+            log.exception("%d usage events could not be spooled", len(records))
 
 
 sink = UsageSink()

@@ -13,7 +13,8 @@ import pytest
 from accounts import services as key_services
 from accounts.models import Team
 from billing import alerts
-from billing.models import BudgetAlert, UsageEvent
+from billing.models import BudgetAlert
+from tests.usage import record_usage
 
 pytestmark = pytest.mark.django_db
 
@@ -57,7 +58,7 @@ def webhook():
 
 
 def spend(key, usd: str, when: datetime, name: str) -> None:
-    UsageEvent.objects.create(
+    record_usage(
         request_id=name, api_key=key, team=key.team, model="m", endpoint="/v1/messages",
         cost_usd=Decimal(usd), created_at=when,
     )  # fmt: skip

@@ -15,7 +15,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from billing.models import UsageEvent
+from billing.models import UsageDeadLetter, UsageEvent
 from llmproxy.celery import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +54,12 @@ def events(batch: int, size: int) -> list[dict]:
     ]  # fmt: skip
 
 
+def clear_queue(redis_client) -> None:
+    """The default queue and kombu's unacknowledged tasks: a task an earlier test's killed
+    worker held would otherwise come back (after the visibility timeout) into this test."""
+    redis_client.delete("celery", "unacked", "unacked_index", "unacked_mutex")
+
+
 def worker_log(tmp_path: Path) -> str:
     log = tmp_path / "worker.log"
     return log.read_text(errors="replace")[-3000:] if log.exists() else "(no worker log)"
@@ -80,7 +86,7 @@ def insert_waiting_on_lock(blocker) -> bool:
 @pytest.mark.filterwarnings("ignore::celery.exceptions.AlwaysEagerIgnored")
 def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(postgres, redis_client, tmp_path):
     batches, size = 30, 400
-    redis_client.delete("celery")  # the default queue: only this test's tasks
+    clear_queue(redis_client)  # only this test's tasks
     for batch in range(batches):
         # send_task always goes through the broker (the test settings run tasks eagerly)
         app.send_task("billing.tasks.record_usage_batch", args=[events(batch, size)])
@@ -110,3 +116,32 @@ def test_a_worker_killed_mid_batch_loses_and_doubles_nothing(postgres, redis_cli
         worker.wait(10)
     assert UsageEvent.objects.count() == batches * size
     assert UsageEvent.objects.values("request_id").distinct().count() == batches * size
+
+
+@pytest.mark.filterwarnings("ignore::celery.exceptions.AlwaysEagerIgnored")
+def test_poison_events_do_not_stop_a_worker(postgres, redis_client, tmp_path):
+    """Issue 10, finding 3, on PostgreSQL with a real worker: a token count beyond bigint and
+    a NUL in a model name (each failed a whole batch with DataError before), a malformed
+    event and one with no usable date, amid good events; the batches after them too."""
+    clear_queue(redis_client)
+    poisoned = events(0, 6)
+    poisoned[1]["input_tokens"] = 2**64 - 1
+    poisoned[2]["model"] = "claude\u0000-opus"
+    poisoned[3]["extra"] = "unknown field"
+    poisoned[4]["created_at"] = "not a date"
+    app.send_task("billing.tasks.record_usage_batch", args=[poisoned])
+    for batch in range(1, 4):
+        app.send_task("billing.tasks.record_usage_batch", args=[events(batch, 50)])
+    worker = start_worker(tmp_path)
+    try:
+        wait_for(lambda: UsageEvent.objects.count() >= 4 + 150, 60, "every batch", tmp_path)
+        time.sleep(1)
+    finally:
+        worker.kill()
+        worker.wait(10)
+    assert UsageEvent.objects.count() == 4 + 150
+    assert UsageEvent.objects.get(request_id="b0-e1").input_tokens == 2**63 - 1
+    assert UsageEvent.objects.get(request_id="b0-e2").model == "claude-opus"
+    letters = dict(UsageDeadLetter.objects.values_list("request_id", "error"))
+    assert set(letters) == {"b0-e3", "b0-e4"}, letters
+    assert "unknown field" in letters["b0-e3"] and "not a date" in letters["b0-e4"]

@@ -3,6 +3,7 @@ inserts nothing twice."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -11,7 +12,7 @@ import pytest
 
 from accounts import services as key_services
 from billing import services, tasks
-from billing.models import UsageEvent
+from billing.models import UsageDeadLetter, UsageEvent
 from billing.records import BIGINT_MAX, UsageRecord
 
 pytestmark = pytest.mark.django_db
@@ -50,9 +51,12 @@ def test_unknown_fields_are_refused_loudly_not_dropped():
     wire = record("y").to_wire()
     with pytest.raises(msgspec.ValidationError, match="unknown field `extra`"):
         UsageRecord.from_wire({**wire, "extra": "x"})
-    with pytest.raises(msgspec.ValidationError):
-        tasks.record_usage_batch([{**wire, "extra": "x"}])
-    assert UsageEvent.objects.count() == 0
+    # In a batch, the malformed event is dead-lettered, not allowed to fail the others.
+    assert tasks.record_usage_batch([{**wire, "extra": "x"}, record("z").to_wire()]) == 1
+    assert list(UsageEvent.objects.values_list("request_id", flat=True)) == ["z"]
+    letter = UsageDeadLetter.objects.get()
+    assert letter.request_id == "y" and "unknown field `extra`" in letter.error
+    assert json.loads(letter.data)["extra"] == "x"
     # The wire form of a record reads back as the same record.
     assert UsageRecord.from_wire(wire) == record("y", created_at=wire["created_at"])
 

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from accounts import services as key_services
 from accounts.models import ApiKey, ApiToken, Team
-from billing.models import UsageEvent
+from tests.usage import record_usage
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +33,7 @@ def cast(django_user_model):
     for index, (key, model, cost) in enumerate(
         [(key_a, "claude-a", "1.5"), (key_a, "claude-b", "0.5"), (key_b, "claude-a", "2")]
     ):
-        UsageEvent.objects.create(
+        record_usage(
             request_id=f"r{index}", api_key=key, team=team, model=model, client="claude-code",
             endpoint="/v1/messages", cost_usd=Decimal(cost), input_tokens=100, output_tokens=10,
             created_at=now - timedelta(hours=index),

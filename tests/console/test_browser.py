@@ -15,7 +15,7 @@ import pytest
 
 from accounts import services as key_services
 from accounts.models import ApiKey
-from billing.models import UsageEvent
+from tests.usage import record_usage
 
 pytestmark = [pytest.mark.e2e]
 
@@ -77,7 +77,7 @@ def test_log_in_create_a_key_and_read_the_dashboard(gateway, browser, django_use
     assert key.prefix in page.content()
 
     for index, model in enumerate(["claude-opus-4-8", "gpt-5.5", "claude-haiku-4-5"]):
-        UsageEvent.objects.create(
+        record_usage(
             request_id=f"browser-{index}", api_key=key, model=model, endpoint="/v1/messages",
             cost_usd=Decimal("1.5") * (index + 1), input_tokens=1000, output_tokens=100,
             created_at=datetime.now(UTC),

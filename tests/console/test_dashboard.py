@@ -10,8 +10,8 @@ import pytest
 
 from accounts import services as key_services
 from accounts.models import Team
-from billing.models import UsageEvent
 from llmproxy.console import charts
+from tests.usage import record_usage
 
 pytestmark = pytest.mark.django_db
 
@@ -26,7 +26,7 @@ def usage():
     rows = [("claude-opus-4-8", "2.5", ""), ("gpt-5.5", "1.25", ""),
             ("claude-opus-4-8", "0", "upstream: ConnectError")]  # fmt: skip
     for index, (model, cost, error) in enumerate(rows):
-        UsageEvent.objects.create(
+        record_usage(
             request_id=f"d{index}", api_key=key, team=team, model=model, endpoint="/v1/messages",
             cost_usd=Decimal(cost), error=error, status=502 if error else 200,
             created_at=now - timedelta(seconds=index),
@@ -75,7 +75,7 @@ def axis(page: str, which: str) -> list[str]:
 
 
 def spend(key, cost: str, *, days_ago: int = 0, status: int = 200, error: str = "", n: int = 0):
-    return UsageEvent.objects.create(
+    return record_usage(
         request_id=f"s{key.pk}-{days_ago}-{n}-{status}", api_key=key, model="claude-haiku-4-5",
         endpoint="/v1/messages", cost_usd=Decimal(cost), status=status, error=error,
         created_at=datetime.now(UTC) - timedelta(days=days_ago, seconds=n),

@@ -20,6 +20,7 @@ from billing.reservations import to_units
 from tests.fakes import MODEL, OPENAI_MODEL
 from tests.fakes import fake_openai as fo
 from tests.fakes import fake_provider as fu
+from tests.usage import record_usage
 
 pytestmark = pytest.mark.e2e
 
@@ -199,7 +200,7 @@ def test_a_new_period_starts_from_zero(make_key, transactional_db):
 
     key, _ = key_services.create_key(name="daily", budget_usd=Decimal(1), budget_period="day")
     late_on_day_one = datetime(2026, 11, 22, 23, 59, 50, tzinfo=UTC)
-    UsageEvent.objects.create(
+    record_usage(
         request_id="day-one", api_key=key, model=MODEL, endpoint="/v1/messages",
         cost_usd=Decimal(1), created_at=late_on_day_one,
     )  # fmt: skip

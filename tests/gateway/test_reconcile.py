@@ -10,16 +10,16 @@ import pytest
 
 from accounts import services as key_services
 from billing.budgets import Budget
-from billing.models import UsageEvent
 from billing.reservations import to_units
 from llmproxy.gateway import limits, tasks
+from tests.usage import record_usage
 
 pytestmark = pytest.mark.django_db
 
 
 def test_reconcile_raises_lost_counters_and_never_lowers_them(redis_client, transactional_db):
     key, _ = key_services.create_key(name="rec", budget_usd=Decimal(5), budget_period="total")
-    UsageEvent.objects.create(
+    record_usage(
         request_id="r1", api_key=key, model="m", endpoint="/v1/messages",
         cost_usd=Decimal("0.30"), created_at=datetime.now(UTC),
     )  # fmt: skip

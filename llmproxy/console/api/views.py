@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import csv
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 
 from asgiref.sync import sync_to_async
@@ -25,7 +25,7 @@ from accounts import services as key_services
 from accounts.models import ApiKey, ApiToken, Team
 from billing import budgets
 from billing.budgets import Budget
-from billing.models import Price, UsageEvent
+from billing.models import Price, UsageDaily, UsageEvent
 from llmproxy.console.api import serializers as s
 from llmproxy.console.api.auth import VirtualKeyAuthentication
 from llmproxy.console.api.permissions import (
@@ -382,6 +382,35 @@ class UsageViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 GROUPS = {"day": TruncDate("created_at"), "key": "api_key_id", "team": "team_id", "model": "model"}
+ROLLUP_GROUPS = {"day": "day", "key": "api_key_id", "team": "team_id", "model": "model"}
+
+
+def _whole_day(name: str, query) -> date | None:
+    moment = _moment(name, query[name])
+    return moment.date() if moment == datetime.combine(moment.date(), time(), UTC) else None
+
+
+def spend_by_day_for(request):
+    """``usage_for``'s filters on the daily rollups, or None when ``since`` or ``until``
+    falls within a day."""
+    rows = UsageDaily.objects.all()
+    if not request.user.is_staff:
+        rows = rows.filter(api_key_id__in=ApiKey.objects.filter(owner=request.user).values("pk"))
+    query = request.query_params
+    if query.get("key"):
+        rows = rows.filter(api_key_id=_integer("key", query["key"]))
+    if query.get("team"):
+        rows = rows.filter(team_id=_integer("team", query["team"]))
+    for field in ("model", "client", "kind"):
+        if query.get(field):
+            rows = rows.filter(**{field: _text(field, query[field])})
+    for name, lookup in (("since", "day__gte"), ("until", "day__lt")):
+        if query.get(name):
+            day = _whole_day(name, query)
+            if day is None:
+                return None
+            rows = rows.filter(**{lookup: day})
+    return rows
 
 
 class SpendView(APIView):
@@ -397,19 +426,33 @@ class SpendView(APIView):
         by = request.query_params.get("by", "day")
         if by not in GROUPS:
             raise ValidationError({"by": f"one of {', '.join(GROUPS)}"})
-        rows = (
-            usage_for(request)
-            .annotate(group=GROUPS[by] if by == "day" else F(GROUPS[by]))
-            .values("group")
-            .annotate(
-                requests=Count("id"),
-                input_tokens=Sum("input_tokens"),
-                output_tokens=Sum("output_tokens"),
-                cost_usd=Sum("cost_usd"),
+        daily = spend_by_day_for(request)
+        if daily is not None:  # whole UTC days: the daily rollups answer
+            rows = (
+                daily.annotate(group=F(ROLLUP_GROUPS[by]))
+                .values("group")
+                .annotate(
+                    requests=Sum("requests"),
+                    input_tokens=Sum("input_tokens"),
+                    output_tokens=Sum("output_tokens"),
+                    cost_usd=Sum("cost_usd"),
+                )
+                .order_by("group")
             )
-            .order_by("group")
-        )
-        rows = list(rows)
+        else:  # a bound within a day: only the raw rows know
+            rows = (
+                usage_for(request)
+                .annotate(group=GROUPS[by] if by == "day" else F(GROUPS[by]))
+                .values("group")
+                .annotate(
+                    requests=Count("id"),
+                    input_tokens=Sum("input_tokens"),
+                    output_tokens=Sum("output_tokens"),
+                    cost_usd=Sum("cost_usd"),
+                )
+                .order_by("group")
+            )
+        rows = [{**row, "group": row["group"] or None} for row in rows]  # 0: no key or team
         names = _group_names(by, {row["group"] for row in rows} - {None})
         data = [
             {
@@ -454,7 +497,7 @@ class MeView(APIView):
             }
             for state in states
         ]
-        today = UsageEvent.objects.spent(Budget("key", key.pk, Decimal(0), "day"), now)
+        today = UsageDaily.objects.spent(Budget("key", key.pk, Decimal(0), "day"), now)
         return Response(
             {
                 "key": s.ApiKeySerializer(key).data,
