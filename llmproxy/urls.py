@@ -1,8 +1,9 @@
 from django.contrib import admin
+from django.contrib.auth.views import LogoutView
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from llmproxy.console import dashboard
+from llmproxy.console import dashboard, signin_pages
 from llmproxy.console.health import healthz, readyz
 from llmproxy.console.metrics import metrics_view
 
@@ -16,6 +17,10 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
     path("favicon.ico", dashboard.favicon, name="favicon"),
+    path("login/", signin_pages.LoginPage.as_view(), name="login"),
+    path("logout/", LogoutView.as_view(), name="logout"),
+    path("oidc/authenticate/", signin_pages.SsoStart.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", signin_pages.SsoCallback.as_view(), name="oidc_authentication_callback"),
     path("admin/", admin.site.urls),
     path("api/", include("llmproxy.console.api.urls")),
     path("dashboard/", dashboard.overview, name="dashboard"),
