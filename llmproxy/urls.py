@@ -3,7 +3,7 @@ from django.contrib.auth.views import LogoutView
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from llmproxy.console import dashboard, signin_pages
+from llmproxy.console import dashboard, people_pages, signin_pages
 from llmproxy.console.health import healthz, readyz
 from llmproxy.console.metrics import metrics_view
 
@@ -25,4 +25,8 @@ urlpatterns = [
     path("api/", include("llmproxy.console.api.urls")),
     path("dashboard/", dashboard.overview, name="dashboard"),
     path("dashboard/keys/<int:key_id>/", dashboard.key_detail, name="dashboard-key"),
+    path("dashboard/people/", people_pages.people, name="dashboard-people"),
+    path("dashboard/people/<int:user_id>/", people_pages.person_detail, name="dashboard-person"),
+    path("me/", people_pages.me, name="self-service"),
+    path("me/keys/<int:key_id>/revoke", people_pages.revoke_key, name="me-revoke-key"),
 ]

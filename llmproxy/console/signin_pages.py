@@ -26,7 +26,8 @@ class LoginPage(auth_views.LoginView):
     template_name = "accounts/login.html"
 
     def get_context_data(self, **kwargs) -> dict:
-        return {**admin.site.each_context(self.request), **super().get_context_data(**kwargs)}
+        context = {**admin.site.each_context(self.request), **super().get_context_data(**kwargs)}
+        return context | {"is_nav_sidebar_enabled": False}
 
 
 def _unavailable(request, exc: Exception):

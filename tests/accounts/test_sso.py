@@ -177,3 +177,22 @@ def test_admin_pages_for_identities_and_group_mappings(admin_client, alice):
     )
     assert added.status_code == 302
     assert IdpGroupMapping.objects.get().team == team
+
+
+def test_a_person_made_beforehand_is_taken_over_only_by_a_verified_email(alice, settings):
+    settings.LLMPROXY_OIDC_ISSUER = "https://idp.example"
+    backend = sso.OidcBackend()
+    claims = {"sub": "alice-at-idp", "email": "ALICE@example.com"}
+    assert list(backend.filter_users_by_claims(claims)) == []  # not said to be verified
+    verified = {**claims, "email_verified": True}
+    assert list(backend.filter_users_by_claims(verified)) == [alice]
+    assert sso.sign_in(claims=verified, user=alice, refresh_token="rt") == alice
+    identity = Identity.objects.get(subject="alice-at-idp")
+    assert identity.user == alice and crypto.decrypt(identity.refresh_token) == "rt"
+    # From now on the identity finds her, whatever the email says.
+    moved = {"sub": "alice-at-idp", "email": "alice@new.example"}
+    assert list(backend.filter_users_by_claims(moved)) == [alice]
+    assert sso.sign_in(claims=moved, refresh_token=None) == alice
+    alice.refresh_from_db()
+    assert alice.email == "alice@new.example"
+    assert crypto.decrypt(Identity.objects.get().refresh_token) == "rt"  # kept

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth import get_user_model
 
-from accounts import signin
+from accounts import keys, signin
 from accounts.models import Identity, IdpGroupMapping, Person, Team
 from tests.console.test_browser import browser, shot  # noqa: F401 - the fixture
 from tests.oidc import CLIENT_ID, CLIENT_SECRET, OidcProvider
@@ -142,3 +142,31 @@ def test_a_person_disabled_in_the_admin_loses_the_web_session_and_refreshes(
     # Signing in again at the IdP does not let them back in.
     page = sign_in(browser, gateway, "ann-sub", start="/login/")
     assert "This account is disabled; ask an admin." in page.content()
+
+
+def test_a_person_signs_in_to_their_own_page_and_makes_and_revokes_a_key(
+    gateway,
+    idp,
+    browser,  # noqa: F811
+):
+    idp.change("eve-sub", email="eve@corp.test")  # now inside the allowed domain
+    page = sign_in(browser, gateway, "eve-sub", start="/login/")
+    assert page.url == gateway.url + "/me/"  # not staff: their own page
+    eve = Identity.objects.get(subject="eve-sub").user
+    assert not eve.is_staff and page.locator("#no-team").count() == 0  # in Engineering
+    page.fill("#id_name", "eve laptop")
+    page.fill("#id_budget_usd", "5")
+    page.click("#new-key input[type=submit]")
+    secret = page.input_value("#new-key-secret")
+    key = eve.api_keys.get()
+    assert key.name == "eve laptop" and key.team.name == "Engineering"
+    assert keys.digest_matches(secret, key.digest)
+    shot(page, "sso-5-me-new-key")
+    page.goto(gateway.url + "/me/")
+    assert secret not in page.content()
+    page.click("#keys input.revoke")
+    page.wait_for_load_state("networkidle")
+    key.refresh_from_db()
+    assert key.revoked_at is not None
+    assert page.locator("#keys").inner_text().count("revoked") == 1
+    shot(page, "sso-6-me-revoked")

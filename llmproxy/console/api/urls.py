@@ -2,7 +2,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from llmproxy.console.api import views
+from llmproxy.console.api import people, views
 
 router = DefaultRouter()
 router.register("keys", views.ApiKeyViewSet, basename="key")
@@ -15,7 +15,9 @@ router.register("usage", views.UsageViewSet, basename="usage")
 router.register("tokens", views.TokenViewSet, basename="token")
 
 urlpatterns = [
-    path("me", views.MeView.as_view(), name="me"),
+    path("me", people.MeView.as_view(), name="me"),
+    path("spend/breakdown", people.BreakdownView.as_view(), name="spend-breakdown"),
+    path("sessions", people.SessionsView.as_view(), name="sessions"),
     path("spend", views.SpendView.as_view(), name="spend"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
