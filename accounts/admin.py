@@ -12,7 +12,16 @@ from django.utils import timezone
 
 from accounts import services, signin
 from accounts.forms import CommaListField
-from accounts.models import ApiKey, ApiToken, AuditEntry, Person, SignInToken, Team
+from accounts.models import (
+    ApiKey,
+    ApiToken,
+    AuditEntry,
+    Identity,
+    IdpGroupMapping,
+    Person,
+    SignInToken,
+    Team,
+)
 
 # Webhook URLs typed without a scheme mean https (Django 6's default, chosen now).
 URL_FIELDS = {models.URLField: {"assume_scheme": "https"}}
@@ -372,6 +381,17 @@ class AuditEntryAdmin(admin.ModelAdmin):
     def changed_fields(self, entry) -> str:
         return ", ".join(entry.changes)
 
+
+class IdentityAdmin(admin.ModelAdmin):
+    """Who signed in through the IdP, as whom (made by single sign-on, never by hand)."""
+
+    list_display = ["user", "email", "issuer", "signed_in_at", "checked_at"]
+    search_fields = ["user__username", "email", "subject"]
+    list_select_related = ["user"]
+    readonly_fields = ["user", "issuer", "subject", "email", "groups", "created_at",
+                       "signed_in_at", "checked_at"]  # fmt: skip
+    exclude = ["refresh_token"]
+
     def has_add_permission(self, request) -> bool:
         return False
 
@@ -383,3 +403,16 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
 
 admin.site.register(AuditEntry, AuditEntryAdmin)
+
+
+class IdpGroupMappingAdmin(admin.ModelAdmin):
+    """IdP groups → teams and staff, applied at each single sign-on."""
+
+    list_display = ["idp_group", "team", "make_staff", "make_superuser"]
+    list_select_related = ["team"]
+    search_fields = ["idp_group", "team__name"]
+    autocomplete_fields = ["team"]
+
+
+admin.site.register(Identity, IdentityAdmin)
+admin.site.register(IdpGroupMapping, IdpGroupMappingAdmin)

@@ -402,3 +402,77 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor_name} {self.get_action_display()} {self.object_repr}"
+
+
+class Identity(models.Model):
+    """A person's account at an OpenID provider: the issuer and subject (``sub``) name it for
+    good, whatever the email says. Made on the first single sign-on."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identities"
+    )
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    email = models.EmailField(blank=True)
+    groups = models.JSONField(default=list, blank=True, help_text="Groups at the last check.")
+    # Encrypted (llmproxy.core.crypto): lets a sign-in token refresh ask the IdP again.
+    refresh_token = models.TextField(blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    signed_in_at = models.DateTimeField(null=True, blank=True)
+    checked_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last time the IdP confirmed the person may sign in."
+    )
+
+    class Meta:
+        verbose_name_plural = "identities"
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="one_identity_per_subject")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email or self.subject} at {self.issuer}"
+
+
+class IdpGroupMapping(models.Model):
+    """People in an IdP group join a team, or become staff, at each single sign-on (on top of
+    LLMPROXY_OIDC_GROUP_TEAMS, LLMPROXY_OIDC_STAFF_GROUPS and LLMPROXY_OIDC_SUPERUSER_GROUPS)."""
+
+    idp_group = models.CharField("IdP group", max_length=200)
+    team = models.ForeignKey(
+        Team,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="idp_group_mappings",
+        help_text="Members of the group are members of this team; leaving the group at the IdP "
+        "leaves the team at the next sign-in.",
+    )
+    make_staff = models.BooleanField(
+        default=False,
+        help_text="Members of the group are staff: the dashboard, and the admin pages their "
+        "Django permissions allow.",
+    )
+    make_superuser = models.BooleanField(
+        default=False, help_text="Members of the group are superusers (every admin page)."
+    )
+
+    class Meta:
+        ordering = ["idp_group"]
+        verbose_name = "IdP group mapping"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idp_group", "team"], name="one_mapping_per_group_team"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(team__isnull=False)
+                | models.Q(make_staff=True)
+                | models.Q(make_superuser=True),
+                name="mapping_does_something",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        what = [f"team {self.team}"] if self.team_id else []
+        what += ["staff"] if self.make_staff else []
+        what += ["superuser"] if self.make_superuser else []
+        return f"{self.idp_group} → {', '.join(what)}"

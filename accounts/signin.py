@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accounts import keys
+from accounts import keys, sso
 from accounts.models import SignInToken
 
 
@@ -85,14 +85,16 @@ def find(secret: str, kind: str) -> SignInToken | None:
 
 def refresh(*, secret: str, still_allowed=None) -> Issued:
     """Swap a refresh token for a new pair (rotation). A refresh token used twice revokes
-    its family; a person no longer allowed (inactive, or refused by ``still_allowed``, which
-    may ask the identity provider) gets ``invalid_grant`` and their family is revoked."""
+    its family; a person no longer allowed (inactive, or refused by ``still_allowed``, by
+    default ``accounts.sso.still_allowed``, which asks the identity provider) gets
+    ``invalid_grant`` and their family is revoked."""
     token = find(secret, SignInToken.REFRESH)
     if token is None:
         raise SignInError("invalid_grant", "Unknown refresh token.")
-    if not token.person.is_active or (
-        still_allowed is not None and not still_allowed(token.person)
-    ):
+    allowed = still_allowed or sso.still_allowed
+    # The IdP is asked only for a refresh that would otherwise succeed.
+    fresh = token.is_live and token.used_at is None
+    if not token.person.is_active or (fresh and not allowed(token.person)):
         revoke_family(token.family, reason="person disabled")
         raise SignInError("invalid_grant", "This account is disabled; ask an admin.")
     with transaction.atomic():

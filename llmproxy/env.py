@@ -89,6 +89,30 @@ def env_list(env: Mapping[str, str], name: str, default: list[str]) -> list[str]
     return items
 
 
+def env_pairs(env: Mapping[str, str], name: str) -> list[tuple[str, str]]:
+    """``a=b,c=d`` → ``[("a", "b"), ("c", "d")]``; a name may appear more than once."""
+    pairs = []
+    for item in env_list(env, name, []):
+        left, sep, right = item.partition("=")
+        if not sep or not left.strip() or not right.strip():
+            raise ImproperlyConfigured(f"{name}: expected name=value pairs, got {item!r}")
+        pairs.append((left.strip(), right.strip()))
+    return pairs
+
+
+def env_url(env: Mapping[str, str], name: str) -> str | None:
+    """An http(s) URL with a host and no query or fragment, without its trailing slash."""
+    value = _raw(env, name)
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ImproperlyConfigured(f"{name}: expected an http:// or https:// URL, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ImproperlyConfigured(f"{name}: the URL must have no query or fragment")
+    return value.rstrip("/")
+
+
 def sqlite_database(name: str | Path) -> dict:
     """A Django DATABASES entry for a SQLite file (or ``":memory:"``)."""
     # IMMEDIATE: a transaction takes the write lock when it begins, so two processes that

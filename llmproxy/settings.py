@@ -21,7 +21,9 @@ from llmproxy.env import (
     env_float,
     env_int,
     env_list,
+    env_pairs,
     env_str,
+    env_url,
     parse_database_url,
     sqlite_database,
     with_env_file,
@@ -87,6 +89,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "llmproxy.console.signin_pages.sso_context",
             ],
         },
     },
@@ -151,6 +154,55 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+
+# The sign-in page of the self-service pages (and the device page); staff also use /admin/.
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/me/"
+LOGOUT_REDIRECT_URL = "/login/"
+
+# --- Single sign-on (OpenID Connect, docs/people.md): off unless an issuer is set ----------
+# The issuer's /.well-known/openid-configuration gives the endpoints (read on first use).
+LLMPROXY_OIDC_ISSUER = env_url(ENV, "LLMPROXY_OIDC_ISSUER")
+OIDC_RP_CLIENT_ID = env_str(ENV, "LLMPROXY_OIDC_CLIENT_ID")
+OIDC_RP_CLIENT_SECRET = env_str(ENV, "LLMPROXY_OIDC_CLIENT_SECRET")
+if LLMPROXY_OIDC_ISSUER and not (OIDC_RP_CLIENT_ID and OIDC_RP_CLIENT_SECRET):
+    raise ImproperlyConfigured(
+        "LLMPROXY_OIDC_ISSUER is set: LLMPROXY_OIDC_CLIENT_ID and LLMPROXY_OIDC_CLIENT_SECRET "
+        "(or _FILE) are required too"
+    )
+# Email domains that may sign in (empty: any); the claim with the person's IdP groups.
+LLMPROXY_OIDC_ALLOWED_DOMAINS = [
+    domain.lower().lstrip("@") for domain in env_list(ENV, "LLMPROXY_OIDC_ALLOWED_DOMAINS", [])
+]
+LLMPROXY_OIDC_GROUPS_CLAIM = env_str(ENV, "LLMPROXY_OIDC_GROUPS_CLAIM", "groups")
+# IdP group → team (group=Team name, comma-separated), the groups whose people are staff
+# and those whose people are superusers; the admin's IdP group mappings add to these.
+LLMPROXY_OIDC_GROUP_TEAMS = env_pairs(ENV, "LLMPROXY_OIDC_GROUP_TEAMS")
+LLMPROXY_OIDC_STAFF_GROUPS = env_list(ENV, "LLMPROXY_OIDC_STAFF_GROUPS", [])
+LLMPROXY_OIDC_SUPERUSER_GROUPS = env_list(ENV, "LLMPROXY_OIDC_SUPERUSER_GROUPS", [])
+# offline_access: the IdP's refresh token lets a sign-in token refresh ask the IdP whether
+# the person may still sign in.
+OIDC_RP_SCOPES = env_str(ENV, "LLMPROXY_OIDC_SCOPES", "openid email profile offline_access")
+if LLMPROXY_OIDC_ISSUER and "openid" not in OIDC_RP_SCOPES.split():
+    raise ImproperlyConfigured("LLMPROXY_OIDC_SCOPES: must include openid")
+OIDC_RP_SIGN_ALGO = env_str(ENV, "LLMPROXY_OIDC_SIGN_ALGO", "RS256")
+if OIDC_RP_SIGN_ALGO[:2] not in {"RS", "ES", "PS"}:
+    raise ImproperlyConfigured(
+        f"LLMPROXY_OIDC_SIGN_ALGO: expected an asymmetric algorithm such as RS256, got "
+        f"{OIDC_RP_SIGN_ALGO!r}"
+    )
+# How long a web session started by single sign-on lasts.
+LLMPROXY_OIDC_SESSION_SECONDS = env_int(ENV, "LLMPROXY_OIDC_SESSION_SECONDS", 8 * 3600, minimum=60)
+OIDC_USE_PKCE = True
+OIDC_TOKEN_USE_BASIC_AUTH = env_bool(ENV, "LLMPROXY_OIDC_TOKEN_BASIC_AUTH", True)
+OIDC_TIMEOUT = env_float(ENV, "LLMPROXY_OIDC_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+OIDC_REDIRECT_ALLOWED_HOSTS: list[str] = []
+LOGIN_REDIRECT_URL_FAILURE = "/login/"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    # Answers only an IdP's callback, and only when LLMPROXY_OIDC_ISSUER is set.
+    "accounts.sso.OidcBackend",
+]
 
 STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"

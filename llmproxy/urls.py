@@ -1,9 +1,9 @@
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
+from django.contrib.auth.views import LogoutView
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from llmproxy.console import connect, dashboard, device
+from llmproxy.console import connect, dashboard, device, people_pages, signin_pages
 from llmproxy.console.health import healthz, readyz
 from llmproxy.console.metrics import metrics_view
 
@@ -17,17 +17,18 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
     path("favicon.ico", dashboard.favicon, name="favicon"),
+    path("login/", signin_pages.LoginPage.as_view(), name="login"),
+    path("logout/", LogoutView.as_view(), name="logout"),
+    path("oidc/authenticate/", signin_pages.SsoStart.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", signin_pages.SsoCallback.as_view(), name="oidc_authentication_callback"),
     path("admin/", admin.site.urls),
     path("api/", include("llmproxy.console.api.urls")),
     path("dashboard/", dashboard.overview, name="dashboard"),
     path("dashboard/keys/<int:key_id>/", dashboard.key_detail, name="dashboard-key"),
-    # The web side's own sign-in (settings.LOGIN_URL): local passwords.
-    path(
-        "accounts/login/",
-        auth_views.LoginView.as_view(template_name="people/login.html"),
-        name="login",
-    ),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("dashboard/people/", people_pages.people, name="dashboard-people"),
+    path("dashboard/people/<int:user_id>/", people_pages.person_detail, name="dashboard-person"),
+    path("me/", people_pages.me, name="self-service"),
+    path("me/keys/<int:key_id>/revoke", people_pages.revoke_key, name="me-revoke-key"),
     # Signing in from Claude Code and llmproxy login (docs/people.md)
     path(".well-known/oauth-authorization-server", device.discovery, name="oauth-discovery"),
     path("oauth/device_authorization", device.device_authorization, name="oauth-device"),

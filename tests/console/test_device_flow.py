@@ -170,7 +170,7 @@ def test_the_device_page_wants_a_signed_in_person(client):
     started = start(client)
     page = client.get("/device?user_code=" + started["user_code"])
     assert page.status_code == 302
-    assert page["Location"].startswith("/accounts/login/?next=/device")
+    assert page["Location"].startswith("/login/?next=/device")
     refused = client.post("/device", {"user_code": started["user_code"], "action": "approve"})
     assert refused.status_code == 302
     assert DeviceAuthorization.objects.get().status == "pending"

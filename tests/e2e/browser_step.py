@@ -25,10 +25,10 @@ class Browser:
         return self.http.post(path, data=form, headers=headers)
 
     def sign_in(self, username: str, password: str) -> None:
-        page = self.http.get("/accounts/login/?next=/device")
+        page = self.http.get("/login/?next=/device")
         form = {"username": username, "password": password, "next": "/device",
                 "csrfmiddlewaretoken": self._token(page)}  # fmt: skip
-        done = self._post("/accounts/login/", form, self.base + "/accounts/login/")
+        done = self._post("/login/", form, self.base + "/login/")
         assert done.status_code == 302 and "sessionid" in self.http.cookies, done.text[:500]
 
     def decide(self, user_code: str, action: str = "approve") -> httpx.Response:

@@ -7,8 +7,8 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from accounts import keys, services
-from accounts.models import ApiToken
+from accounts import keys, services, signin
+from accounts.models import ApiToken, SignInToken
 
 
 def _bearer(request) -> str | None:
@@ -69,6 +69,23 @@ class VirtualKeyAuthentication(authentication.BaseAuthentication):
         return "Bearer"
 
 
+class SignInTokenAuthentication(authentication.BaseAuthentication):
+    """A sign-in access token (Bearer ``llmpa-…``, from /login or ``llmproxy login``), for
+    the person's own /api/me: the request's user is the person."""
+
+    def authenticate(self, request):
+        secret = _bearer(request)
+        if not secret or not secret.startswith(keys.ACCESS_MARKER):
+            return None
+        token = signin.find(secret, SignInToken.ACCESS)
+        if token is None or not token.is_live or not token.person.is_active:
+            raise exceptions.AuthenticationFailed("Invalid, revoked or expired sign-in token.")
+        return token.person, token
+
+    def authenticate_header(self, request) -> str:
+        return "Bearer"
+
+
 class TokenScheme(OpenApiAuthenticationExtension):
     target_class = "llmproxy.console.api.auth.TokenAuthentication"
     name = "apiToken"
@@ -83,3 +100,11 @@ class VirtualKeyScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer", "description": "A virtual key (llmp-…)."}
+
+
+class SignInTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "llmproxy.console.api.auth.SignInTokenAuthentication"
+    name = "signInToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "A sign-in token (llmpa-…)."}

@@ -2,7 +2,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from llmproxy.console.api import audit, people, views
+from llmproxy.console.api import audit, people, spend, views
 
 router = DefaultRouter()
 router.register("keys", views.ApiKeyViewSet, basename="key")
@@ -19,7 +19,9 @@ router.register("memberships", people.MembershipViewSet, basename="membership")
 router.register("sign-ins", people.SignInViewSet, basename="sign-in")
 
 urlpatterns = [
-    path("me", views.MeView.as_view(), name="me"),
+    path("me", spend.MeView.as_view(), name="me"),
+    path("spend/breakdown", spend.BreakdownView.as_view(), name="spend-breakdown"),
+    path("sessions", spend.SessionsView.as_view(), name="sessions"),
     path("spend", views.SpendView.as_view(), name="spend"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

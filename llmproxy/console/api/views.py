@@ -3,7 +3,6 @@ from __future__ import annotations
 import csv
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
-from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
@@ -23,13 +22,9 @@ from rest_framework.views import APIView
 
 from accounts import services as key_services
 from accounts.models import ApiKey, ApiToken, Team
-from billing import budgets
-from billing.budgets import Budget
 from billing.models import Price, UsageDaily, UsageEvent
 from llmproxy.console.api import serializers as s
-from llmproxy.console.api.auth import VirtualKeyAuthentication
 from llmproxy.console.api.permissions import (
-    HasVirtualKey,
     ModelPermission,
     ModelPermissionOrOwn,
     SuperuserWrites,
@@ -394,7 +389,7 @@ def spend_by_day_for(request):
     """``usage_for``'s filters on the daily rollups, or None when ``since`` or ``until``
     falls within a day."""
     rows = UsageDaily.objects.all()
-    if not request.user.is_staff:
+    if not may(request.user, UsageEvent, "view"):
         rows = rows.filter(api_key_id__in=ApiKey.objects.filter(owner=request.user).values("pk"))
     query = request.query_params
     if query.get("key"):
@@ -473,37 +468,3 @@ def _group_names(by: str, ids: set) -> dict:
     if by == "team":
         return {t.pk: (t.name, None) for t in Team.objects.filter(pk__in=ids)}
     return {}
-
-
-class MeView(APIView):
-    """For a key holder (authenticated with the virtual key itself): the key's policy, spend
-    and remaining budget; what a Claude Code status line needs."""
-
-    authentication_classes = [VirtualKeyAuthentication]
-    permission_classes = [HasVirtualKey]
-
-    @extend_schema(responses={200: s.MeSerializer})
-    def get(self, request):
-        key: ApiKey = request.auth
-        now = datetime.now(UTC)
-        states = [budgets.state(budget, now) for budget in budgets.for_key(key)]
-        rows = [
-            {
-                "scope": state.budget.scope,
-                "period": state.period,
-                "limit_usd": state.budget.limit_usd,
-                "spent_usd": state.spent_usd,
-                "remaining_usd": state.remaining_usd,
-            }
-            for state in states
-        ]
-        today = UsageDaily.objects.spent(Budget("key", key.pk, Decimal(0), "day"), now)
-        return Response(
-            {
-                "key": s.ApiKeySerializer(key).data,
-                "budgets": s.BudgetStateSerializer(rows, many=True).data,
-                "spent_today_usd": s.MeSerializer()
-                .fields["spent_today_usd"]
-                .to_representation(today),
-            }
-        )
