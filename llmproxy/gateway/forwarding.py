@@ -273,7 +273,7 @@ def provider_error(exchange: Exchange, response: httpx.Response, body: bytes) ->
     if seconds is not None:
         error.retry_after = int(seconds)
     reply = error_reply(exchange.protocol, error)
-    reply.status = getattr(error, "status", reply.status)
+    reply.status = error.status or reply.status
     reply.headers = [*reply.headers, *_passed_headers(exchange, response)]
     return reply
 
