@@ -41,6 +41,7 @@ def main() -> None:
             "PATH": os.environ["PATH"], "LLMPROXY_DATA_DIR": data, "LLMPROXY_ENV_FILE": "",
             "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "bench-" * 10,
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1", "PYTHONPATH": str(HOOK), "BENCH_GC_OUT": out,
+            "LLMPROXY_ALLOW_PRIVATE_UPSTREAMS": "true",  # the fake provider is on loopback
         }  # fmt: skip
         bench = Stack(env, stack)
         secret = bench.start()

@@ -69,7 +69,8 @@ def test_usage_queued_at_shutdown_is_spooled_and_replayed_at_the_next_start(fake
     fake.clear()
     fake.set_default(fu.text("hello", input_tokens=100, output_tokens=10))
     env = {"PATH": os.environ["PATH"], "DJANGO_DEBUG": "true", "LLMPROXY_DATA_DIR": str(tmp_path),
-           "LLMPROXY_USAGE_SHUTDOWN_SECONDS": "1"}  # fmt: skip
+           "LLMPROXY_USAGE_SHUTDOWN_SECONDS": "1",
+           "LLMPROXY_ALLOW_PRIVATE_UPSTREAMS": "true"}  # the fake is on loopback  # fmt: skip
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     manage(env, "bootstrap", "--url", url)

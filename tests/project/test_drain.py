@@ -54,7 +54,8 @@ class Gateway:
     def __init__(self, fake_url: str, tmp_path: Path, **variables: str) -> None:
         self.env = {
             "PATH": os.environ["PATH"], "DJANGO_DEBUG": "true", "LLMPROXY_ENV_FILE": "",
-            "LLMPROXY_DATA_DIR": str(tmp_path), "LLMPROXY_RETRY_SECONDS": "0", **variables,
+            "LLMPROXY_DATA_DIR": str(tmp_path), "LLMPROXY_RETRY_SECONDS": "0",
+            "LLMPROXY_ALLOW_PRIVATE_UPSTREAMS": "true", **variables,  # the fake is on loopback
         }  # fmt: skip
         self.manage("migrate", "-v0")
         self.manage("addprovider", "fake", "--kind", "anthropic", "--base-url", fake_url,
