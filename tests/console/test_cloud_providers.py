@@ -19,7 +19,9 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def root(django_user_model):
     client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user("root", is_staff=True))
+    client.force_authenticate(
+        django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123")
+    )  # providers are a superuser's to change
     return client
 
 
