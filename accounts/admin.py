@@ -381,6 +381,15 @@ class AuditEntryAdmin(admin.ModelAdmin):
     def changed_fields(self, entry) -> str:
         return ", ".join(entry.changes)
 
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
 
 class IdentityAdmin(admin.ModelAdmin):
     """Who signed in through the IdP, as whom (made by single sign-on, never by hand)."""
