@@ -11,7 +11,15 @@ class AccountsConfig(AppConfig):
         from django.contrib.auth.models import Group
 
         from accounts import audit
-        from accounts.models import ApiKey, ApiToken, Person, SignInToken, Team
+        from accounts.models import (
+            ApiKey,
+            ApiToken,
+            Identity,
+            IdpGroupMapping,
+            Person,
+            SignInToken,
+            Team,
+        )
 
         audit.track(ApiKey, secret={"digest"}, ignore={"last_used_at"})
         audit.track(ApiToken, secret={"digest"}, ignore={"last_used_at"})
@@ -25,3 +33,6 @@ class AccountsConfig(AppConfig):
             m2m=["groups", "user_permissions"],
         )
         audit.track(Group, m2m=["permissions"])
+        # Single sign-on: who an IdP account is here, and what its groups grant.
+        audit.track(Identity, secret={"refresh_token"}, ignore={"signed_in_at", "groups"})
+        audit.track(IdpGroupMapping)
