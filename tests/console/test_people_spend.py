@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -15,13 +16,14 @@ from accounts import services as key_services
 from accounts import signin
 from accounts.models import ApiKey, Person, Team
 from billing.models import UsageEvent
+from tests.usage import record_usage
 
 pytestmark = pytest.mark.django_db
 
 
 def event(n: int, *, person, model="claude-opus-4-8", client="claude-code", session="",
           agent="", cost="1", kind="turn", ago=timedelta(minutes=5), team=None):  # fmt: skip
-    UsageEvent.objects.create(
+    record_usage(
         request_id=f"people-{n}", person=person, team=team, model=model, client=client,
         session_id=session, agent_id=agent, endpoint="/v1/messages", kind=kind,
         cost_usd=Decimal(cost), input_tokens=100, output_tokens=10,
@@ -32,6 +34,8 @@ def event(n: int, *, person, model="claude-opus-4-8", client="claude-code", sess
 @pytest.fixture
 def usage(django_user_model):
     staff = django_user_model.objects.create_user("root", password="pw-root-123", is_staff=True)
+    # Everyone's usage is for staff who may view usage events (as /api/usage/ is).
+    staff.user_permissions.add(Permission.objects.get(codename="view_usageevent"))
     ann = django_user_model.objects.create_user("ann", "ann@corp.test", "pw-ann-123")
     bob = django_user_model.objects.create_user("bob", "bob@corp.test", "pw-bob-123")
     team = Team.objects.create(
@@ -60,6 +64,17 @@ def usage(django_user_model):
 
 def by_group(rows: list[dict]) -> dict:
     return {row["group"]: row for row in rows}
+
+
+def test_staff_without_the_usage_permission_see_no_breakdown_and_only_own_sessions(
+    usage, django_user_model
+):
+    bare = django_user_model.objects.create_user("bare", password="pw-bare-123", is_staff=True)
+    _, token = key_services.create_api_token(user=bare, name="t")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert api.get("/api/spend/breakdown?by=person").status_code == 403
+    assert api.get("/api/sessions").json()["results"] == []
 
 
 def test_staff_break_spend_down_by_person_tool_client_and_model(usage):
