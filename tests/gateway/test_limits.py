@@ -6,17 +6,21 @@ import time
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from accounts import services as key_services
 from accounts.models import Team
-from billing.models import UsageEvent
 from billing.reservations import to_units
 from llmproxy.gateway import limits
 from llmproxy.gateway.errors import ErrorKind, ProxyError
 from llmproxy.gateway.policy import load_key_policy
+from tests.usage import record_usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
+# Spend recorded the way the gateway records it: the usage writer keeps the daily rollups
+# the limiter's rebuild reads.
+arecord_usage = sync_to_async(record_usage)
 
 
 @pytest.fixture(params=["local", "redis"])
@@ -90,7 +94,7 @@ async def test_budget_counts_recorded_spend_and_settled_cost(limiter):
     policy, key = await _policy(budget_usd=Decimal("1.00"), budget_period="day")
     now = time.time()
     # spend recorded before this worker started: the counter is rebuilt from the ledger
-    await UsageEvent.objects.acreate(
+    await arecord_usage(
         request_id="old-1",
         api_key=key,
         model="m",
@@ -121,7 +125,7 @@ async def test_a_lost_spend_counter_is_rebuilt_before_admitting(redis_client):
     policy, key = await _policy(budget_usd=Decimal("1.00"), budget_period="total")
     now = time.time()
     await limiter.settle(await limiter.admit(policy, now=now), Decimal(0), 0)
-    await UsageEvent.objects.acreate(
+    await arecord_usage(
         request_id="spent-1",
         api_key=key,
         model="m",
