@@ -195,22 +195,32 @@ def test_sigterm_drains_one_worker(held):
 def test_rolling_restart_of_two_workers_loses_nothing(held):
     """Two workers, a rolling restart (SIGHUP: each worker replaced by a new one, the old one
     drained) under steady streaming: every stream completes, every new call is served (by
-    whichever worker listens), the websocket is told to reconnect and its next turn works,
-    and the ledger has one event per answered call."""
-    fake, gateway = held(0)  # the old worker stops listening at once: the new one takes all
+    whichever worker listens; one that reaches an old worker in the instant before its
+    listener closes gets the clean 503, and its retry is served), the websocket is told to
+    reconnect and its next turn works, and the ledger has one event per answered call."""
+    fake, gateway = held(0)  # the old worker stops listening at once: the new one takes over
     fake.set_default(fo.response("Done.", input_tokens=20, output_tokens=3))
     gateway.start("--workers", "2")
     workers = set(children(gateway.process.pid))
     assert len(workers) == 2
     events, interval = 40, 0.1  # 4 s each
 
+    refusals = []
+
     async def one_call(client: httpx.AsyncClient) -> int:
-        response = await client.post(
-            gateway.url + "/v1/messages", headers={**gateway.headers(), "connection": "close"},
-            json={"model": MODEL, "max_tokens": 5, "stream": True,
-                  "messages": [{"role": "user", "content": "steady"}],
-                  "metadata": {"fake_hold": {"events": 3, "interval": 0.05}}},
-        )  # fmt: skip
+        """A new call, retried once as the SDKs do when it reached a worker in the instant
+        between its SIGTERM and the closing of its listener (a clean 503 saying so)."""
+        for _ in range(2):
+            response = await client.post(
+                gateway.url + "/v1/messages",
+                headers={**gateway.headers(), "connection": "close"},
+                json={"model": MODEL, "max_tokens": 5, "stream": True,
+                      "messages": [{"role": "user", "content": "steady"}],
+                      "metadata": {"fake_hold": {"events": 3, "interval": 0.05}}},
+            )  # fmt: skip
+            if response.status_code != 503:
+                return response.status_code
+            refusals.append(response)
         return response.status_code
 
     async def turn(ws) -> list[dict]:
@@ -253,6 +263,9 @@ def test_rolling_restart_of_two_workers_loses_nothing(held):
     assert first[-1]["type"] == "response.completed"
     assert all(complete(body, events) for body in bodies), [len(b) for b in bodies]
     assert statuses and set(statuses) == {200}, statuses
+    for refused in refusals:  # each one the draining worker's own clean answer
+        assert refused.headers["retry-after"] == "1", refused.text
+        assert "shutting down" in refused.json()["error"]["message"]
     assert closed.rcvd is not None and closed.rcvd.code == 1001, closed
     assert second[-1]["type"] == "response.completed", second
     assert not set(children(gateway.process.pid)) & workers
