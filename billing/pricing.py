@@ -88,6 +88,7 @@ class PriceBook:
     def __init__(self, prices: list[ModelPrice]) -> None:
         self._prices = sorted(prices, key=lambda p: specificity(p.pattern))
         self._found: dict[tuple[str, str], ModelPrice | None] = {}
+        self._kinds: dict[str, frozenset[str]] = {}
 
     def find(self, model: str, kind: str, provider_id: int | None = None) -> ModelPrice | None:
         """The most specific price for ``model`` on a provider of ``kind``: the provider's
@@ -115,9 +116,15 @@ class PriceBook:
             self._found[model, kind, provider_id] = match
         return match
 
-    def kinds_of(self, model: str) -> set[str]:
+    def kinds_of(self, model: str) -> frozenset[str]:
         """The provider kinds that price ``model`` by name ("" for rows of any kind)."""
-        return {p.provider_kind for p in self._prices if fnmatchcase(model, p.pattern)}
+        found = self._kinds.get(model)
+        if found is None:
+            matching = (p for p in self._prices if fnmatchcase(model, p.pattern))
+            found = frozenset(p.provider_kind for p in matching)
+            if len(self._kinds) < 10_000:  # model names come from clients: bound the memo
+                self._kinds[model] = found
+        return found
 
     def __len__(self) -> int:
         return len(self._prices)

@@ -85,9 +85,25 @@ REFUSAL_REASONS = {
 }
 
 
+_children: dict[tuple, object] = {}
+
+
+def child(metric, *values: str):
+    """``metric.labels(*values)``, looked up once: ``labels`` validates, converts and takes a
+    lock on every call (several µs, a few times per request), and the label sets are bounded
+    (see the module's docstring)."""
+    key = (metric, values)
+    found = _children.get(key)
+    if found is None:
+        found = metric.labels(*values)
+        if len(_children) < 10_000:
+            _children[key] = found
+    return found
+
+
 def client_label(client: str) -> str:
     return client if client in KNOWN_CLIENTS else "other"
 
 
 def refused(kind_name: str, protocol: str) -> None:
-    REFUSALS.labels(REFUSAL_REASONS.get(kind_name, "other"), protocol).inc()
+    child(REFUSALS, REFUSAL_REASONS.get(kind_name, "other"), protocol).inc()

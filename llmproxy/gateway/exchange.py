@@ -402,21 +402,25 @@ class Exchange:
             provider, protocol = self.provider.name, self.protocol.name
             model = self.price.pattern if self.price is not None else "unpriced"
             team = self.policy.team_name or "none"
-            metrics.REQUESTS.labels(
-                self.endpoint.upstream_path, protocol, metrics.client_label(record.client),
-                provider, model, str(record.status),
+            child = metrics.child
+            child(
+                metrics.REQUESTS, self.endpoint.upstream_path, protocol,
+                metrics.client_label(record.client), provider, model, str(record.status),
             ).inc()  # fmt: skip
-            metrics.SPEND.labels(team, model).inc(float(record.cost_usd))
-            for kind in ("input", "output", "cache_read", "cache_write"):
-                count = getattr(record, f"{kind}_tokens")
+            child(metrics.SPEND, team, model).inc(float(record.cost_usd))
+            for kind, count in (
+                ("input", record.input_tokens), ("output", record.output_tokens),
+                ("cache_read", record.cache_read_tokens),
+                ("cache_write", record.cache_write_tokens),
+            ):  # fmt: skip
                 if count:
-                    metrics.TOKENS.labels(team, model, kind).inc(count)
+                    child(metrics.TOKENS, team, model, kind).inc(count)
             if self.first_byte is not None:
                 ttfb = self.first_byte - self.started
-                metrics.TTFB_SECONDS.labels(protocol, provider).observe(ttfb)
+                child(metrics.TTFB_SECONDS, protocol, provider).observe(ttfb)
             if self.sent_at is not None:
                 took = time.perf_counter() - self.sent_at
-                metrics.UPSTREAM_SECONDS.labels(provider).observe(took)
+                child(metrics.UPSTREAM_SECONDS, provider).observe(took)
         except Exception:  # metrics never cost a call its settlement
             log.exception("metrics of %s not recorded", self.request_id)
 

@@ -157,7 +157,8 @@ async def attempt(exchange: Exchange) -> Reply | Failure:
         return error_reply(protocol, error)
     if exchange.sent_at is None:
         exchange.sent_at = time.perf_counter()
-        metrics.GATEWAY_SECONDS.labels(protocol.name).observe(exchange.sent_at - exchange.started)
+        took = exchange.sent_at - exchange.started
+        metrics.child(metrics.GATEWAY_SECONDS, protocol.name).observe(took)
     try:
         response = await upstream.get().send(request.method, request.url, request.headers,
                                              request.body)  # fmt: skip

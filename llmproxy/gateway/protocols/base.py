@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,6 +238,11 @@ def count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+@functools.cache
+def _marker_pattern(markers: tuple[bytes, ...]) -> re.Pattern[bytes]:
+    return re.compile(b"|".join(re.escape(marker) for marker in markers))
+
+
 class Protocol:
     """Per-protocol rules. Subclasses fill in the names and the three readers."""
 
@@ -270,7 +277,11 @@ class Protocol:
     held_markers: tuple[bytes, ...] = ()
 
     def held_references(self, body: bytes) -> int:
-        return sum(body.count(marker) for marker in self.held_markers) if self.held_markers else 0
+        # One pass over the body for all markers (a count per marker is a pass each: about
+        # 35 µs apiece over Claude Code's 78 KB requests).
+        if not self.held_markers:
+            return 0
+        return sum(1 for _ in _marker_pattern(self.held_markers).finditer(body))
 
     def rewrites(self, endpoint: Endpoint, info: RequestInfo) -> bool:
         """Will ``rewrite`` change this request's body? Only then is the body parsed whole."""
