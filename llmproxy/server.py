@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 
 import uvicorn
 from django.conf import settings
@@ -240,6 +241,21 @@ def config(app, **options) -> uvicorn.Config:
     return uvicorn.Config(app, **options)
 
 
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one: every held stream takes two (the
+    client's connection and the provider's), and the usual soft limit of 1,024 would refuse
+    connections past about 500 streams. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ValueError, OSError):
+        return soft
+    return wanted
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmproxy.settings")
     parser = argparse.ArgumentParser(prog="llmproxy", description="The llmproxy gateway.")
@@ -285,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         # A developer's machine: no Django settings, no database, only the sign-in.
         code = login_client.run(args.command, args.gateway, open_browser=args.browser)
         raise SystemExit(code)
+    raise_open_files_limit()
     uvicorn.run(
         APPLICATION,
         host=args.host,

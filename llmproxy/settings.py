@@ -268,7 +268,9 @@ LLMPROXY_DRAIN_GRACE_SECONDS = env_float(ENV, "LLMPROXY_DRAIN_GRACE_SECONDS", 30
 LLMPROXY_DRAIN_DELAY_SECONDS = env_float(ENV, "LLMPROXY_DRAIN_DELAY_SECONDS", 0.0, minimum=0.0)
 LLMPROXY_CONNECT_TIMEOUT = env_float(ENV, "LLMPROXY_CONNECT_TIMEOUT", 10.0, minimum=0.1)
 LLMPROXY_READ_TIMEOUT = env_float(ENV, "LLMPROXY_READ_TIMEOUT", 600.0, minimum=1.0)
-LLMPROXY_POOL_SIZE = env_int(ENV, "LLMPROXY_POOL_SIZE", 512, minimum=1)
+# A streamed answer holds its upstream connection to the end: this caps a worker's calls in
+# flight (one past it waits up to LLMPROXY_CONNECT_TIMEOUT for a connection).
+LLMPROXY_POOL_SIZE = env_int(ENV, "LLMPROXY_POOL_SIZE", 8192, minimum=1)
 LLMPROXY_REDIS_POOL_SIZE = env_int(ENV, "LLMPROXY_REDIS_POOL_SIZE", 64, minimum=1)
 # How often a worker checks whether any key, team, provider or price changed.
 LLMPROXY_POLICY_REFRESH_SECONDS = env_float(
