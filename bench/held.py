@@ -6,7 +6,9 @@ Each stream is Claude Code's shape: an event every 50-100 ms for ``--seconds``. 
 upstream stamps every event with the time it wrote it, so the client measures each event's
 delay; the same streams straight to the fake, in the same run, give the floor. Reported per
 stream count: the added inter-chunk delay (gateway delay minus direct delay, p50 and p99),
-errors, and the gateway's peak RSS. Everything runs on 127.0.0.1.
+the streams that failed and what they died of (an HTTP error, an error event, an exception,
+or an end without message_stop), the gateway's peak RSS and its CPU time per relayed event.
+Everything runs on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import shlex
 import sys
 import tempfile
 import time
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
 import aiohttp
 
-from bench.__main__ import MODEL, Stack
+from bench.__main__ import MODEL, Stack, cpu_seconds
 
 NOTES_MARKER = "<!-- held streams: notes kept when bench.held rewrites its section -->"
 
@@ -46,6 +49,12 @@ def tree_rss_mb(pid: int) -> float:
     return total
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (uvicorn's workers) so far."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return sum(cpu_seconds(p) or 0.0 for p in (pid, *map(int, children)))
+
+
 def body(seconds: float) -> bytes:
     interval = random.uniform(0.05, 0.1)
     return json.dumps({
@@ -55,15 +64,18 @@ def body(seconds: float) -> bytes:
     }).encode()  # fmt: skip
 
 
-async def one_stream(session, url: str, headers: dict, seconds: float, delays: list) -> bool:
+async def one_stream(session, url: str, headers: dict, seconds: float, delays: list) -> str:
+    """Relay one held stream; '' when it ended with its message_stop, else why not."""
     try:
         async with session.post(url + "/v1/messages", data=body(seconds), headers=headers) as r:
             if r.status != 200:
-                return False
+                return f"HTTP {r.status}"
             buffer = b""
+            stopped = False
             async for chunk in r.content.iter_any():
                 now = time.time()
                 buffer += chunk
+                stopped = stopped or b"event: message_stop" in buffer
                 while b'"text":"' in buffer:
                     start = buffer.index(b'"text":"') + 8
                     end = buffer.find(b'"', start)
@@ -73,23 +85,25 @@ async def one_stream(session, url: str, headers: dict, seconds: float, delays: l
                     if stamp.endswith(b";"):
                         delays.append(now - float(stamp[:-1]))
                     buffer = buffer[end + 1 :]
-            return True
-    except (aiohttp.ClientError, TimeoutError, ValueError):
-        return False
+                if b"event: error" in buffer:
+                    return "error event"
+            return "" if stopped else "cut short"
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        return type(exc).__name__
 
 
-async def run(url: str, headers: dict, streams: int, seconds: float) -> tuple[list, int]:
+async def run(url: str, headers: dict, streams: int, seconds: float) -> tuple[list, Counter]:
     delays: list[float] = []
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=seconds * 4 + 60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
-        async def staggered(index: int) -> bool:
+        async def staggered(index: int) -> str:
             await asyncio.sleep(index * min(0.002, 5 / streams))  # open over a few seconds
             return await one_stream(session, url, headers, seconds, delays)
 
         results = await asyncio.gather(*(staggered(i) for i in range(streams)))
-    return delays, results.count(False)
+    return delays, Counter(reason for reason in results if reason)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -108,11 +122,13 @@ async def measure(stack: Stack, secret: str, counts: list[int], seconds: float) 
     for streams in counts:
         direct, direct_errors = await run(stack.fake_url, {}, streams, seconds)
         peak: list[float] = []
+        cpu_before = tree_cpu_seconds(stack.gateway_pid)
         sampler = asyncio.ensure_future(_sample(stack.gateway_pid, peak))
         gateway, gateway_errors = await run(
             stack.gateway_url, {"x-api-key": secret}, streams, seconds
         )
         sampler.cancel()
+        cpu = tree_cpu_seconds(stack.gateway_pid) - cpu_before
         row = {
             "streams": streams,
             "workers": stack.workers,
@@ -121,8 +137,14 @@ async def measure(stack: Stack, secret: str, counts: list[int], seconds: float) 
             "direct_p99_ms": round(quantile(direct, 0.99) * 1000, 2),
             "gateway_p50_ms": round(quantile(gateway, 0.5) * 1000, 2),
             "gateway_p99_ms": round(quantile(gateway, 0.99) * 1000, 2),
-            "errors": f"{direct_errors}/{gateway_errors}",
+            "errors": f"{direct_errors.total()}/{gateway_errors.total()}",
+            "why": "; ".join(
+                f"{side}: " + ", ".join(f"{why} ({n})" for why, n in reasons.items())
+                for side, reasons in (("direct", direct_errors), ("gateway", gateway_errors))
+                if reasons
+            ),
             "gateway_rss_mb": round(max(peak), 1),
+            "gateway_cpu_us_per_event": round(cpu / len(gateway) * 1e6) if gateway else None,
         }
         row["added_p50_ms"] = round(row["gateway_p50_ms"] - row["direct_p50_ms"], 2)
         row["added_p99_ms"] = round(row["gateway_p99_ms"] - row["direct_p99_ms"], 2)
@@ -139,16 +161,21 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
         f"{os.cpu_count()} cores. Each stream: an event every 50-100 ms for {seconds:g} s.",
         "",
         "| workers | streams | events | direct p50 / p99 ms | gateway p50 / p99 ms "
-        "| added p50 / p99 ms | errors (direct/gateway) | gateway RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| added p50 / p99 ms | failed streams (direct/gateway) | gateway RSS MB "
+        "| gateway CPU µs per event |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['workers']} | {r['streams']} | {r['events']} | {r['direct_p50_ms']} / "
             f"{r['direct_p99_ms']} | {r['gateway_p50_ms']} / {r['gateway_p99_ms']} | "
             f"{r['added_p50_ms']} / {r['added_p99_ms']} | {r['errors']} | "
-            f"{r['gateway_rss_mb']} |"
+            f"{r['gateway_rss_mb']} | {r['gateway_cpu_us_per_event']} |"
         )
+    failed = [r for r in rows if r["why"]]
+    if failed:
+        lines.append("")
+        lines += [f"- {r['workers']} worker(s), {r['streams']} streams: {r['why']}" for r in failed]
     return "\n".join(lines) + "\n"
 
 
