@@ -13,7 +13,7 @@ PROBE = (
 
 
 def test_the_soft_limit_on_open_files_is_lifted_to_the_hard_one():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     low = min(256, hard)
 
     def lower() -> None:
