@@ -30,7 +30,10 @@ async def app(scope, receive, send):
         if not message.get("more_body"):
             break
     if not _session:
-        _session.append(aiohttp.ClientSession(auto_decompress=False))
+        # No pool limit (aiohttp's default is 100 connections): held-stream runs open
+        # thousands at once, as the gateway's pool allows (LLMPROXY_POOL_SIZE).
+        connector = aiohttp.TCPConnector(limit=0)
+        _session.append(aiohttp.ClientSession(connector=connector, auto_decompress=False))
     headers = {"x-api-key": CREDENTIAL, "content-type": "application/json"}
     url = UPSTREAM + scope["path"]
     async with _session[0].post(url, data=b"".join(parts), headers=headers) as response:

@@ -4,10 +4,12 @@
 
 Each stream is Claude Code's shape: an event every 50-100 ms for ``--seconds``. The fake
 upstream stamps every event with the time it wrote it, so the client measures each event's
-delay; the same streams straight to the fake, in the same run, give the floor. Reported per
-stream count: the added inter-chunk delay (gateway delay minus direct delay, p50 and p99),
-the streams that failed and what they died of (an HTTP error, an error event, an exception,
-or an end without message_stop), the gateway's peak RSS and its CPU time per relayed event.
+delay; the same streams straight to the fake, in the same run, give the floor, and through
+the bare hop (``bench/floor.py``, beside one gateway worker) what any Python proxy hop adds.
+Reported per stream count: the added inter-chunk delay (gateway delay minus direct delay,
+p50 and p99, and the bare hop's), the streams that failed and what they died of (an HTTP
+error, an error event, an exception, or an end without message_stop), the gateway's peak
+RSS and the CPU time per relayed event of the gateway and of the bare hop.
 Everything runs on 127.0.0.1.
 """
 
@@ -121,6 +123,13 @@ async def measure(stack: Stack, secret: str, counts: list[int], seconds: float) 
     rows = []
     for streams in counts:
         direct, direct_errors = await run(stack.fake_url, {}, streams, seconds)
+        bare: list[float] = []
+        bare_errors: Counter = Counter()
+        bare_cpu = None
+        if stack.workers == 1:  # the bare hop is one process: beside one gateway worker
+            cpu_before = cpu_seconds(stack.floor_pid) or 0.0
+            bare, bare_errors = await run(stack.floor_url, {}, streams, seconds)
+            bare_cpu = (cpu_seconds(stack.floor_pid) or 0.0) - cpu_before
         peak: list[float] = []
         cpu_before = tree_cpu_seconds(stack.gateway_pid)
         sampler = asyncio.ensure_future(_sample(stack.gateway_pid, peak))
@@ -140,14 +149,27 @@ async def measure(stack: Stack, secret: str, counts: list[int], seconds: float) 
             "errors": f"{direct_errors.total()}/{gateway_errors.total()}",
             "why": "; ".join(
                 f"{side}: " + ", ".join(f"{why} ({n})" for why, n in reasons.items())
-                for side, reasons in (("direct", direct_errors), ("gateway", gateway_errors))
+                for side, reasons in (
+                    ("direct", direct_errors),
+                    ("bare hop", bare_errors),
+                    ("gateway", gateway_errors),
+                )
                 if reasons
             ),
             "gateway_rss_mb": round(max(peak), 1),
             "gateway_cpu_us_per_event": round(cpu / len(gateway) * 1e6) if gateway else None,
+            "bare_added_p50_ms": None,
+            "bare_added_p99_ms": None,
+            "bare_failed": None,
+            "bare_cpu_us_per_event": None,
         }
         row["added_p50_ms"] = round(row["gateway_p50_ms"] - row["direct_p50_ms"], 2)
         row["added_p99_ms"] = round(row["gateway_p99_ms"] - row["direct_p99_ms"], 2)
+        if bare_cpu is not None:
+            for q, name in ((0.5, "bare_added_p50_ms"), (0.99, "bare_added_p99_ms")):
+                row[name] = round((quantile(bare, q) - quantile(direct, q)) * 1000, 2)
+            row["bare_failed"] = bare_errors.total()
+            row["bare_cpu_us_per_event"] = round(bare_cpu / len(bare) * 1e6) if bare else None
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
@@ -160,17 +182,23 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
         f"Command: `{command}`; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"{os.cpu_count()} cores. Each stream: an event every 50-100 ms for {seconds:g} s.",
         "",
+        "The bare hop (`bench/floor.py`, one process relaying bytes with aiohttp and nothing "
+        "else) carries the same streams in the same run, beside one gateway worker: what any "
+        "Python proxy hop does here.",
+        "",
         "| workers | streams | events | direct p50 / p99 ms | gateway p50 / p99 ms "
-        "| added p50 / p99 ms | failed streams (direct/gateway) | gateway RSS MB "
-        "| gateway CPU µs per event |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| added p50 / p99 ms | bare hop added p50 / p99 ms | failed streams (direct/gateway) "
+        "| bare hop failed | gateway RSS MB | gateway / bare hop CPU µs per event |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['workers']} | {r['streams']} | {r['events']} | {r['direct_p50_ms']} / "
             f"{r['direct_p99_ms']} | {r['gateway_p50_ms']} / {r['gateway_p99_ms']} | "
-            f"{r['added_p50_ms']} / {r['added_p99_ms']} | {r['errors']} | "
-            f"{r['gateway_rss_mb']} | {r['gateway_cpu_us_per_event']} |"
+            f"{r['added_p50_ms']} / {r['added_p99_ms']} | "
+            f"{r['bare_added_p50_ms']} / {r['bare_added_p99_ms']} | {r['errors']} | "
+            f"{r['bare_failed']} | {r['gateway_rss_mb']} | "
+            f"{r['gateway_cpu_us_per_event']} / {r['bare_cpu_us_per_event']} |"
         )
     failed = [r for r in rows if r["why"]]
     if failed:

@@ -6,9 +6,11 @@ import json
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmproxy.gateway.errors import ProxyError
-from llmproxy.gateway.protocols import anthropic
+from llmproxy.gateway.protocols import anthropic, sse
 from llmproxy.gateway.protocols.sse import SSESplitter
 from tests.samples import asgi_headers, captured_request
 from tests.samples import sample_bytes as sample
@@ -33,6 +35,22 @@ def test_splitter_finds_every_event_however_the_bytes_are_cut(seed):
     assert pieces == whole
     assert [name for name, _ in whole][:1] == [b"message_start"]
     assert all(json.loads(data) for _, data in whole)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"event:", b"data:", b"event: ", b"data: ", b"id:", b":", b""]),
+            st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_the_common_event_shape_is_read_as_any_event_is(lines):
+    block = b"\n".join(field + value for field, value in lines)
+    assert sse.parse_event(block) == sse.parse_lines(block)
 
 
 def test_splitter_accepts_crlf_and_multiline_data():

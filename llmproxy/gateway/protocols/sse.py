@@ -31,6 +31,20 @@ class SSESplitter:
 
 
 def parse_event(block: bytes) -> tuple[bytes, bytes]:
+    # Both providers write nearly every event as one "event:" line and one "data:" line:
+    # read that shape without splitting the block (a stream's events are mostly this).
+    if block.startswith(b"event:"):
+        newline = block.find(b"\n")
+        one_data_line = block.find(b"\n", newline + 1) < 0
+        if newline > 0 and one_data_line and block.startswith(b"data:", newline + 1):
+            value = block[newline + 6 :]
+            return block[6:newline].strip(), value[1:] if value[:1] == b" " else value
+    return parse_lines(block)
+
+
+def parse_lines(block: bytes) -> tuple[bytes, bytes]:
+    """Any event: its lines one by one (the last "event:" line names it; "data:" lines are
+    joined with newlines; other lines are ignored)."""
     event = b""
     data: list[bytes] = []
     for line in block.split(b"\n"):
