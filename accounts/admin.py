@@ -336,12 +336,16 @@ class PeopleUserAdmin(UserAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         if obj is not None and obj.is_superuser and not request.user.is_superuser:
             return False
+        if obj is not None and obj.pk == request.user.pk:
+            return False  # the audit entry names its actor: another admin deletes you
         return super().has_delete_permission(request, obj)
 
     def delete_queryset(self, request, queryset) -> None:
         # "Delete selected" checks the model permission only, not each row.
         if not request.user.is_superuser and queryset.filter(is_superuser=True).exists():
             raise PermissionDenied("Only a superuser may delete a superuser's account.")
+        if queryset.filter(pk=request.user.pk).exists():
+            raise PermissionDenied("You cannot delete your own account; ask another admin.")
         super().delete_queryset(request, queryset)
 
 

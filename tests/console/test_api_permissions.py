@@ -417,3 +417,21 @@ def test_a_new_entra_authority_drops_the_credential_and_must_be_public(cast, set
             name="azure", kind="azure", base_url="https://res.openai.azure.com",
             credential=entra, options={"auth": "entra", "authority": "https://169.254.169.254"},
         )  # fmt: skip
+
+
+def test_nobody_deletes_their_own_account_on_the_api_or_in_the_admin(cast, django_user_model):
+    # The deletion's audit entry names its actor, so the account deleted cannot be the actor
+    # (on PostgreSQL the commit then failed: a 500 that schemathesis found).
+    root = cast["users"]["root"]
+    answer = cast["clients"]["root"].delete(f"/api/users/{root.pk}/")
+    assert answer.status_code == 403 and "your own account" in answer.json()["detail"]
+    assert (
+        admin_client(cast, "root")
+        .post(f"/admin/auth/user/{root.pk}/delete/", {"post": "yes"})
+        .status_code
+        == 403
+    )
+    assert django_user_model.objects.filter(pk=root.pk).exists()
+    charlie = cast["users"]["charlie"]
+    assert status_of(cast, "root", "delete", f"/api/users/{charlie.pk}/") == 204
+    assert not django_user_model.objects.filter(pk=charlie.pk).exists()

@@ -174,6 +174,9 @@ class UserViewSet(StaffViewSet):
         serializer.save()
 
     def perform_destroy(self, instance):
+        if instance.pk == self.request.user.pk:
+            # The audit entry of the deletion names its actor: an account cannot be both.
+            raise PermissionDenied("You cannot delete your own account; ask another admin.")
         s.check_user_flags(self.request.user, instance, {})
         instance.delete()
 
