@@ -61,6 +61,7 @@ class UsageSink:
         self._sent: list[_Sent] = []  # scaled mode: handed over, not yet seen in the ledger
         self._in_hand: list[UsageRecord] = []  # the batch being delivered
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # set with a control item: stop lingering
 
     def submit(self, event: UsageRecord) -> None:
         """Non-blocking; safe from the event loop."""
@@ -75,7 +76,7 @@ class UsageSink:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every submitted event was handed over; True when it was."""
-        self._queue.put(_NUDGE)  # no lingering for more events: hand over what is queued
+        self._control(_NUDGE)  # no lingering for more events: hand over what is queued
         deadline = time.monotonic() + timeout
         with self._idle:
             while self._pending:
@@ -96,7 +97,7 @@ class UsageSink:
         self._stopping.set()
         done = threading.Event()
         spooled: list[int] = []
-        self._queue.put(lambda: (spooled.append(self._spool_all()), done.set()))
+        self._control(lambda: (spooled.append(self._spool_all()), done.set()))
         if not done.wait(timeout):
             # The thread is stuck in a database call: spool from here. What it writes after
             # all is stored once (a replay skips known request ids).
@@ -121,7 +122,7 @@ class UsageSink:
 
         if self._thread is None:
             self._start()
-        self._queue.put(replay)
+        self._control(replay)
 
     def _start(self) -> None:
         with self._start_lock:
@@ -139,7 +140,7 @@ class UsageSink:
             connections.close_all()
             done.set()
 
-        self._queue.put(close)
+        self._control(close)
         done.wait(timeout)
 
     def _run(self) -> None:
@@ -166,28 +167,54 @@ class UsageSink:
 
     def _next_batch(self) -> tuple[list[UsageRecord], list[Callable[[], object]]]:
         """Events until the batch is full, the linger time is up, or a control item arrives
-        (or nothing, when a sent batch is due for its check)."""
+        (or nothing, when a sent batch is due for its check).
+
+        The thread blocks on the queue only for the first event of a batch; for the rest it
+        sleeps out the linger time and then takes what has come. Blocking on the queue for
+        each event would wake this thread once per request, and every wake takes the GIL
+        from the event loop (a futex wake in ``submit``, then a switch): per batch, not per
+        event, is what the loop can afford.
+        """
         batch: list[UsageRecord] = []
         size = self._batch_size or settings.LLMPROXY_USAGE_BATCH_SIZE
-        controls = []
+        controls: list[Callable[[], object]] = []
         try:
             item = self._queue.get(timeout=self._until_check())
         except queue.Empty:
             return batch, controls
-        deadline = time.monotonic() + self._linger
-        while True:
-            if not isinstance(item, UsageRecord):
-                if item is not _NUDGE:
-                    controls.append(item)
-                break
-            batch.append(item)
-            if len(batch) >= size:
-                break
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
+        if self._take(item, batch, controls) and not self._drain(batch, controls, size):
+            self._wake.wait(self._linger)
+            self._wake.clear()  # (a control item queued by now is taken in the drain)
+            self._drain(batch, controls, size)
         return batch, controls
+
+    def _take(self, item: object, batch: list[UsageRecord], controls: list) -> bool:
+        """Add an item to the batch or the controls; False when it ends the batch."""
+        if isinstance(item, UsageRecord):
+            batch.append(item)
+            return True
+        self._wake.clear()  # set for this item (``_control`` sets it first, then queues)
+        if item is not _NUDGE:
+            controls.append(item)
+        return False
+
+    def _drain(self, batch: list[UsageRecord], controls: list, size: int) -> bool:
+        """Take what is queued without waiting; True when the batch is complete (full, or
+        ended by a control item)."""
+        while len(batch) < size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if not self._take(item, batch, controls):
+                return True
+        return True
+
+    def _control(self, item: object) -> None:
+        """Queue a control item (or the nudge) and cut a lingering batch short for it. The
+        wake comes first: taking the item clears it, so none outlives its item."""
+        self._wake.set()
+        self._queue.put(item)
 
     def _until_check(self) -> float | None:
         if not self._sent:
@@ -200,7 +227,7 @@ class UsageSink:
         while True:
             attempt += 1
             try:
-                close_old_connections()
+                _tidy_connections()
                 if settings.CELERY_TASK_ALWAYS_EAGER:
                     # Eager mode would run the task here anyway; skip Celery's wrapping,
                     # which holds the GIL for milliseconds the event loop wants.
@@ -222,7 +249,7 @@ class UsageSink:
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 30.0)
             finally:
-                close_old_connections()
+                _tidy_connections()
 
     def _confirm(self) -> None:
         """Send again, from the sent batches due for their check, the events the ledger does
@@ -300,6 +327,21 @@ class UsageSink:
             spool.write(record.to_wire() for record in records)
         except OSError:
             log.exception("%d usage events could not be spooled", len(records))
+
+
+def _tidy_connections() -> None:
+    """Before and after a delivery: close this thread's connections that failed and are no
+    longer usable, keep the others. Unlike ``close_old_connections`` (which, with
+    CONN_MAX_AGE 0, closes every one), a healthy connection serves the next batch: opening
+    one (a new SQLite connection registers Django's functions; PostgreSQL's handshake) costs
+    more than the batch's insert, with the GIL held. ``close_connections`` closes them all."""
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is None or not connection.errors_occurred:
+            continue
+        if connection.in_atomic_block or not connection.is_usable():
+            connection.close()
+        else:
+            connection.errors_occurred = False
 
 
 sink = UsageSink()

@@ -109,6 +109,38 @@ def test_the_sink_is_not_stopped_by_a_poisoned_batch(settings):
         sink.close_connections()
 
 
+class CountingSink(UsageSink):
+    """The real sink, with the size of every batch it delivers written down."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.batches: list[int] = []
+
+    def _deliver(self, batch: list[UsageRecord]) -> None:
+        self.batches.append(len(batch))
+        super()._deliver(batch)
+
+
+def test_the_sink_hands_over_per_batch_and_a_flush_cuts_its_linger_short(settings):
+    """Events that come within the linger time go in one batch (the thread wakes per batch,
+    not per event, so the event loop keeps the GIL); a flush does not wait out the linger."""
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    sink = CountingSink(batch_size=40, linger=0.5)
+    try:
+        for i in range(100):
+            sink.submit(good(f"n{i}"))
+        assert sink.flush(timeout=20)
+        assert sum(sink.batches) == 100 and max(sink.batches) == 40
+        assert {f"n{i}" for i in range(100)} <= stored_ids()
+        sink.batches.clear()
+        sink._linger = 3600.0  # a flush must not wait for it
+        sink.submit(good("alone"))
+        assert sink.flush(timeout=20)
+        assert sink.batches == [1] and "alone" in stored_ids()
+    finally:
+        sink.close_connections()
+
+
 def test_dead_letters_are_read_only_in_the_admin(admin_user, client):
     services.record_usage_batch([raw("when", created_at="yesterday")])
     letter = UsageDeadLetter.objects.get()
