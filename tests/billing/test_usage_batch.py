@@ -33,6 +33,37 @@ def test_a_replayed_batch_inserts_nothing():
     assert UsageEvent.objects.get(request_id="r1").cost_usd == Decimal("0.5")
 
 
+def test_insert_parameters_are_what_djangos_own_insert_sends():
+    """The usage writer prepares plain values itself (services.event_params); for every
+    field, the parameters must equal Django's preparation of the model instance."""
+    from django.db import connection
+
+    key, _ = key_services.create_key(name="k")
+    full = record(
+        "p1", api_key_id=key.pk, client="claude-code", session_id="s", status=200,
+        input_tokens=12, output_tokens=BIGINT_MAX, cache_read_tokens=3, partial=True,
+        estimated=True, tool_calls={"web_search": 2}, ttft_ms=5, latency_ms=9,
+        error="x" * 10, cost_usd="1.23456789",
+    )  # fmt: skip
+    for sample in (full, record("p2")):
+        event = UsageEvent(**sample.row())
+        expected = [
+            field.get_db_prep_save(getattr(event, field.attname), connection)
+            for field in services._event_fields()
+        ]
+        ours = services.event_params(sample, connection)
+        # PostgreSQL wraps JSON in psycopg's Jsonb, which compares by identity: by content.
+        assert [getattr(v, "obj", v) for v in ours] == [getattr(v, "obj", v) for v in expected]
+        assert [type(v) for v in ours] == [type(v) for v in expected]
+    assert services.record_usage_batch([full]) == 1
+    stored = UsageEvent.objects.get(request_id="p1")
+    assert (stored.output_tokens, stored.tool_calls, stored.partial) == (
+        BIGINT_MAX,
+        {"web_search": 2},
+        True,
+    )
+
+
 def test_last_use_only_moves_forward():
     key, _ = key_services.create_key(name="k")
     services.record_usage_batch(
