@@ -10,7 +10,6 @@ touches the database once warm.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from http import HTTPStatus
@@ -21,7 +20,6 @@ from django.conf import settings
 from llmproxy.core import draining, metrics
 from llmproxy.gateway import edge, pipeline
 from llmproxy.gateway.errors import ErrorKind, ProxyError
-from llmproxy.gateway.messages import give_up
 from llmproxy.gateway.policy import KeyPolicy
 from llmproxy.gateway.protocols import anthropic, openai
 from llmproxy.gateway.protocols.base import Endpoint, Protocol
@@ -71,6 +69,7 @@ class ProxyConsumer(AsyncHttpConsumer):
         self.base_send = send
         self._complete = False
         self._gone = False  # the client hung up: nothing more is sent
+        self._abandoned = False  # ...and the grace time to read on ran out
         if self.protocol is None:
             self.protocol = protocol_for(scope)
         incoming = self._incoming()
@@ -93,15 +92,18 @@ class ProxyConsumer(AsyncHttpConsumer):
         if body is None:
             return
         incoming.body = body
-        work = asyncio.ensure_future(self._respond(incoming, policy))
-        watcher = asyncio.ensure_future(self._wait_for_disconnect(receive))
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done() and not self._complete:
-            self._gone = True
-            await give_up(work, settings.LLMPROXY_ABANDONED_READ_SECONDS)
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
-        watcher.cancel()
+        # The call runs in this task; a second one watches the channel for the client
+        # hanging up (the cheapest shape: no task for the work and no asyncio.wait).
+        task = asyncio.current_task()
+        watcher = asyncio.ensure_future(self._watch(receive, task))
+        try:
+            await self._respond(incoming, policy)
+        except asyncio.CancelledError:
+            if not self._abandoned:
+                raise  # not the watcher's doing: the server is cancelling this request
+            task.uncancel()
+        finally:
+            watcher.cancel()
 
     async def _check_head(self, incoming: pipeline.Incoming, length: int | None) -> KeyPolicy:
         if draining.is_draining():
@@ -120,10 +122,21 @@ class ProxyConsumer(AsyncHttpConsumer):
             )
         return policy
 
-    @staticmethod
-    async def _wait_for_disconnect(receive) -> None:
+    async def _watch(self, receive, task: asyncio.Task) -> None:
+        """Wait for the client to hang up. If it does before its answer is complete, let the
+        call read on for LLMPROXY_ABANDONED_READ_SECONDS (as ``messages.give_up`` does for
+        websockets), then cancel it. This task is cancelled, synchronously, as soon as the
+        call returns, so the cancel it sends can only reach the call."""
         while (await receive())["type"] != "http.disconnect":
             pass
+        if self._complete:
+            return
+        self._gone = True
+        grace = settings.LLMPROXY_ABANDONED_READ_SECONDS
+        if grace > 0:
+            await asyncio.sleep(grace)
+        self._abandoned = True
+        task.cancel()
 
     def _incoming(self) -> pipeline.Incoming:
         scope = self.scope
