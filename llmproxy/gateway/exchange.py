@@ -29,7 +29,7 @@ from llmproxy.core.ids import new_id
 from llmproxy.gateway import edge, upstream
 from llmproxy.gateway.context import held_context
 from llmproxy.gateway.kinds import ClientRequest, UpstreamRequest, kind_of
-from llmproxy.gateway.limits import Ticket, limiter, state_headers
+from llmproxy.gateway.limits import Ticket, free_ticket, limiter, state_headers
 from llmproxy.gateway.messages import Incoming
 from llmproxy.gateway.policy import Candidate, KeyPolicy, ProviderInfo
 from llmproxy.gateway.protocols.base import (
@@ -230,8 +230,13 @@ class Exchange:
         self.admitted_at = time.perf_counter()
 
     async def _admit(self) -> None:
+        units = self.reservation_units()
+        ticket = free_ticket(self.policy, units, time.time(), self.endpoint.billed)
+        if ticket is not None:
+            self.ticket = ticket  # nothing to count: no await, so nothing to protect
+            return
         admission = asyncio.ensure_future(
-            limiter().admit(self.policy, self.reservation_units(), billed=self.endpoint.billed)
+            limiter().admit(self.policy, units, billed=self.endpoint.billed)
         )
         try:
             self.ticket = await asyncio.shield(admission)
@@ -342,21 +347,37 @@ class Exchange:
         if self.settled:
             return
         self.settled = True
+        if self.ticket is None or self.ticket.released:
+            # Nothing to give back to the limiter: settling takes no await, so a cancel
+            # cannot cut it short and it needs no task of its own.
+            settling = time.perf_counter()
+            record, _, tokens = self._accounted(status, error, partial)
+            self._hand_over(record, tokens, settling)
+            return
         await asyncio.shield(self._settle(status, error, partial))
 
     async def _settle(self, status: int | None, error: str, partial: bool | None) -> None:
         settling = time.perf_counter()
-        try:
-            record, cost, tokens = self._account(status, error, partial)
-        except Exception as exc:
-            log.exception("usage of %s could not be read; recorded from its reservation", self)
-            record, cost, tokens = self._unreadable(status, exc)
+        record, cost, tokens = self._accounted(status, error, partial)
         if self.ticket is not None:
             try:
                 await limiter().settle(self.ticket, cost, tokens)
             except Exception:
                 # The slot and reservation then expire on their own (limits.HOLD_TTL).
                 log.exception("the limiter could not settle %s", self.request_id)
+        self._hand_over(record, tokens, settling)
+
+    def _accounted(
+        self, status: int | None, error: str, partial: bool | None
+    ) -> tuple[UsageRecord, Decimal, int]:
+        try:
+            return self._account(status, error, partial)
+        except Exception as exc:
+            log.exception("usage of %s could not be read; recorded from its reservation", self)
+            return self._unreadable(status, exc)
+
+    def _hand_over(self, record: UsageRecord, tokens: int, settling: float) -> None:
+        """The record to the sink, the call to /metrics and its trace."""
         if self.records_usage:
             sink.submit(record)
             self._observe(record, tokens)

@@ -178,6 +178,19 @@ def counter_names(limits: Limits, minute: int) -> tuple[str, str, str]:
     )
 
 
+def free_ticket(policy: KeyPolicy, estimate: int, now: float, billed: bool) -> Ticket | None:
+    """The ticket of a call with nothing to count (no limit and no budget on any layer), or
+    None when there is something: it needs no await, so the caller can skip the task that
+    protects an admission from being cut off half-way."""
+    if policy.limited:
+        return None
+    ticket = Ticket(new_id(), policy, int(now // 60), estimate)
+    ticket.budgets = policy.budgets if billed else ()
+    ticket.limits = policy.limits
+    ticket.released = True  # nothing to count or release
+    return ticket
+
+
 class LocalLimiter:
     """The embedded twin of the Redis script: the same checks, in process memory."""
 
@@ -192,12 +205,12 @@ class LocalLimiter:
         """Admit a call or raise the refusal. An unbilled call (a token count) is held to the
         rate and concurrency limits only, not to budgets."""
         now = time.time() if now is None else now
+        ticket = free_ticket(policy, estimate, now, billed)
+        if ticket is not None:
+            return ticket
         ticket = Ticket(new_id(), policy, int(now // 60), estimate)
         ticket.budgets = policy.budgets if billed else ()
         ticket.limits = policy.limits
-        if not policy.limited:
-            ticket.released = True  # nothing to count or release
-            return ticket
         ticket.budget_keys = [budget_keys(b, now) for b in ticket.budgets]
         for budget, (spend, _) in zip(ticket.budgets, ticket.budget_keys, strict=True):
             if spend not in self.counters:
@@ -367,12 +380,12 @@ class RedisLimiter:
         """Admit a call or raise the refusal. An unbilled call (a token count) is held to the
         rate and concurrency limits only, not to budgets."""
         now = time.time() if now is None else now
+        ticket = free_ticket(policy, estimate, now, billed)
+        if ticket is not None:
+            return ticket
         ticket = Ticket(new_id(), policy, int(now // 60), estimate)
         ticket.budgets = policy.budgets if billed else ()
         ticket.limits = policy.limits
-        if not policy.limited:
-            ticket.released = True  # nothing to count or release
-            return ticket
         ticket.budget_keys = [budget_keys(b, now) for b in ticket.budgets]
         admit_script, _ = self._scripts.get()
         keys = [name for limits in ticket.limits for name in counter_names(limits, ticket.minute)]
