@@ -86,10 +86,16 @@ def async_redis():
     return _async_clients.get()
 
 
+def read_shared_generation() -> int:
+    """``shared_generation`` for a plain thread (the policy cache's watcher)."""
+    if settings.REDIS_URL:
+        return int(sync_redis().get(GENERATION_KEY) or 0)
+    return file_generation()
+
+
 async def shared_generation() -> int:
     """The generation other processes bump: Redis in scaled mode, a small file otherwise."""
     if settings.REDIS_URL:
         value = await async_redis().get(GENERATION_KEY)
         return int(value or 0)
-    # One small read a refresh period, not per request: microseconds, and cross-process.
     return file_generation()

@@ -2,13 +2,15 @@
 
 The hot path asks this module who a key is, what it may do, where a model goes and what it
 costs. Answers come from memory; the database is read once per key after any change. A
-change anywhere (key, team, provider, route, price) bumps a shared generation number; each
-worker checks it at most every ``LLMPROXY_POLICY_REFRESH_SECONDS`` and drops its snapshots
-when it moved, so a revoked key stops working everywhere within a second.
+change anywhere (key, team, provider, route, price) bumps a shared generation number; a
+thread in each worker reads it every ``LLMPROXY_POLICY_REFRESH_SECONDS`` and the worker drops
+its snapshots when it moved, so a revoked key stops working everywhere within a second.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from billing.models import Price
 from billing.pricing import PriceBook, model_price
 from llmproxy.gateway import dbthreads, hotstore
 from llmproxy.gateway.models import ModelRoute, Provider
+
+log = logging.getLogger(__name__)
 
 
 def _matches(value: str, patterns: tuple[str, ...]) -> bool:
@@ -331,7 +335,9 @@ class PolicyCache:
         self._unknown: OrderedDict[str, None] = OrderedDict()
         self._catalog: Catalog | None = None
         self._generation: tuple | None = None
-        self._checked_at = float("-inf")
+        self._shared: int | None = None  # the shared generation, as the watcher last read it
+        self._watcher: threading.Thread | None = None
+        self._watch_lock = threading.Lock()
 
     async def key(self, secret: str) -> KeyPolicy | None:
         """The policy of a virtual key or of a sign-in access token, or None."""
@@ -362,19 +368,54 @@ class PolicyCache:
         return self._catalog
 
     async def _refresh(self) -> None:
-        now = time.monotonic()
+        """Drop the snapshots when the generation moved: at once for a change this process
+        made; within ``LLMPROXY_POLICY_REFRESH_SECONDS`` for one made elsewhere.
+
+        The shared generation (a file, or Redis) is read by a watcher thread once a period,
+        never on the request path: a file read can stall the event loop for as long as the
+        disk is busy (the usage writer's fsync), and a Redis round trip is a request's worth
+        of latency. With a period of 0 every request reads it itself.
+        """
         local = hotstore.local_generation()
-        if self._generation is not None and self._generation[0] != local:
-            self._checked_at = float("-inf")  # this process changed something: look now
-        if now - self._checked_at < settings.LLMPROXY_POLICY_REFRESH_SECONDS:
-            return
-        self._checked_at = now
-        generation = (local, await hotstore.shared_generation())
+        if settings.LLMPROXY_POLICY_REFRESH_SECONDS <= 0:
+            shared = await hotstore.shared_generation()
+        elif self._shared is None or (self._generation and self._generation[0] != local):
+            # The first call, or this process changed something (and bumped the shared
+            # generation too): read it now, so the watcher's next reading of that same bump
+            # is not taken for another change, dropping every snapshot a second time.
+            shared = self._shared = await hotstore.shared_generation()
+            self._watch()
+        else:
+            shared = self._shared
+        generation = (local, shared)
         if generation != self._generation:
             self._keys.clear()
             self._unknown.clear()
             self._catalog = None
             self._generation = generation
+
+    def _watch(self) -> None:
+        with self._watch_lock:
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch_generation, name="policy-generation", daemon=True
+                )
+                self._watcher.start()
+
+    def _watch_generation(self) -> None:
+        failing = False
+        while True:
+            time.sleep(max(settings.LLMPROXY_POLICY_REFRESH_SECONDS, 0.01))
+            try:
+                self._shared = hotstore.read_shared_generation()
+            except Exception:
+                # The snapshots are kept meanwhile (the database is the truth; a revocation
+                # waits for the store to come back). Logged once per outage.
+                if not failing:
+                    log.exception("the policy generation could not be read; retrying")
+                failing = True
+            else:
+                failing = False
 
 
 policies = PolicyCache()
