@@ -123,6 +123,8 @@ class UsageRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 def clean_text(value: Any, limit: int, *, keep_lines: bool = False) -> str:
     text = value if isinstance(value, str) else str(value)
+    if text.isascii() and text.isprintable():
+        return text[:limit]  # no control character, no surrogate: nothing to take out
     text = (_CONTROL if keep_lines else _CONTROL_ALL).sub("", text)
     # Lone surrogates (from \ud800 escapes) cannot be stored as UTF-8 either.
     text = text.encode("utf-8", "replace").decode("utf-8")

@@ -9,11 +9,13 @@ from decimal import Decimal
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from accounts import services as key_services
 from billing import services, tasks
 from billing.models import UsageDeadLetter, UsageEvent
-from billing.records import BIGINT_MAX, UsageRecord
+from billing.records import BIGINT_MAX, UsageRecord, clean_text
 
 pytestmark = pytest.mark.django_db
 
@@ -112,3 +114,14 @@ def test_values_no_column_can_hold_are_clamped_and_noted():
     assert services.record_usage_batch([odd]) == 1  # the database takes every value
     stored = UsageEvent.objects.get(request_id="oddid")
     assert stored.input_tokens == BIGINT_MAX and stored.session_id == "s?"
+
+
+@given(text=st.text(), limit=st.integers(min_value=0, max_value=50), keep_lines=st.booleans())
+def test_clean_text_takes_out_control_characters_and_surrogates_only(text, limit, keep_lines):
+    """The usage record's text cleaning (with its fast path for plain ASCII) against its
+    definition: control characters out (newlines and tabs kept on request), lone
+    surrogates replaced, then cut to the limit."""
+    allowed = "\t\n\r" if keep_lines else ""
+    expected = "".join(c for c in text if c in allowed or not (c < " " or c == "\x7f"))
+    expected = expected.encode("utf-8", "replace").decode("utf-8")[:limit]
+    assert clean_text(text, limit, keep_lines=keep_lines) == expected
