@@ -62,14 +62,14 @@ class TooLarge(Exception):
 
 def buffered(response: httpx.Response) -> bool:
     """Is this a non-streamed answer small enough to read whole before replying?"""
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
+    if upstream.header(response, b"content-type").startswith("text/event-stream"):
         return False
-    length = response.headers.get("content-length", "")
+    length = upstream.header(response, b"content-length")
     return length.isdigit() and int(length) <= BUFFER_LIMIT
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
+    value = upstream.header(response, b"retry-after")
     try:
         return max(0.0, float(value)) if value else None
     except ValueError:

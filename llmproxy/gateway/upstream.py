@@ -14,8 +14,10 @@ from collections.abc import Iterable
 import aiohttp
 import httpx
 import orjson
+import yarl
 from django.conf import settings
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import AiohttpResponseStream, map_aiohttp_exceptions
 
 from llmproxy.core.loopbound import PerLoop
 
@@ -35,8 +37,64 @@ def _session() -> aiohttp.ClientSession:
     )
 
 
+class ProxyTransport(AiohttpTransport):
+    """httpx-aiohttp's transport without the conversions a proxy call does not need: the
+    headers go to aiohttp decoded once (it would otherwise read them through the httpx
+    ``Headers``, which decodes every header on each pass), the URL as the ``yarl.URL``
+    ``Upstream`` parsed once per provider URL, the timeout object once per value; the proxy
+    and SNI options httpx-aiohttp maps are never set by the gateway. Errors map as
+    httpx-aiohttp maps them; the answer is its ``httpx.Response`` with the same stream."""
+
+    def __init__(self) -> None:
+        super().__init__(client=_session)
+        self._timeouts: dict[tuple, aiohttp.ClientTimeout] = {}
+
+    def _timeout(self, values: dict[str, float]) -> aiohttp.ClientTimeout:
+        key = (values.get("connect"), values.get("read"), values.get("pool"))
+        found = self._timeouts.get(key)
+        if found is None:
+            found = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
+            if len(self._timeouts) < 100:
+                self._timeouts[key] = found
+        return found
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not isinstance(self.client, aiohttp.ClientSession):
+            self.client = self.get_client()
+        extensions = request.extensions
+        if "timeout" not in extensions or "sni_hostname" in extensions:
+            return await super().handle_async_request(request)  # not a proxy call
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+        with map_aiohttp_exceptions():
+            try:
+                data = request.content or None
+            except httpx.RequestNotRead:
+                data = request.stream
+                headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
+            response = await self.client.request(
+                method=request.method,
+                url=extensions.get("aiohttp_url") or str(request.url),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                auto_decompress=False,
+                compress=False,
+                timeout=self._timeout(extensions["timeout"]),
+            ).__aenter__()
+        answer = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            answer["reason_phrase"] = response.reason.encode()
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=AiohttpResponseStream(response),
+            request=request,
+            extensions=answer,
+        )
+
+
 def _transport() -> httpx.AsyncBaseTransport:
-    return AiohttpTransport(client=_session)
+    return ProxyTransport()
 
 
 def timeouts() -> dict[str, float]:
@@ -57,14 +115,14 @@ class Upstream:
             follow_redirects=False,
             trust_env=False,
         )
-        self._urls: dict[str, httpx.URL] = {}
+        self._urls: dict[str, tuple[httpx.URL, yarl.URL]] = {}
         self._ws_session: aiohttp.ClientSession | None = None
 
-    def url(self, text: str) -> httpx.URL:
-        # Provider URLs repeat: parse each once (httpx's URL parser is not cheap).
+    def urls(self, text: str) -> tuple[httpx.URL, yarl.URL]:
+        # Provider URLs repeat: parse each once (httpx's and yarl's parsers are not cheap).
         found = self._urls.get(text)
         if found is None:
-            found = httpx.URL(text)
+            found = (httpx.URL(text), yarl.URL(text))
             if len(self._urls) < 1000:
                 self._urls[text] = found
         return found
@@ -72,9 +130,10 @@ class Upstream:
     async def send(
         self, method: str, url: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> httpx.Response:
+        parsed, for_aiohttp = self.urls(url)
         request = httpx.Request(
-            method, self.url(url), headers=headers, content=body,
-            extensions={"timeout": timeouts()},
+            method, parsed, headers=headers, content=body,
+            extensions={"timeout": timeouts(), "aiohttp_url": for_aiohttp},
         )  # fmt: skip
         return await self.transport.handle_async_request(request)
 
@@ -117,6 +176,15 @@ class UpstreamClosed(ConnectionError):
 
 # What an upstream answer that breaks off mid-way raises, whichever client carries it.
 BROKEN = (httpx.HTTPError, aiohttp.ClientError, ConnectionError, TimeoutError)
+
+
+def header(response: httpx.Response, name: bytes) -> str:
+    """One header of a provider's answer ('' when absent; the first when repeated), read off
+    the raw list: httpx's ``headers.get`` decodes every header name on each call."""
+    for key, value in response.headers.raw:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
 
 
 def pick_headers(

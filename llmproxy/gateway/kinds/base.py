@@ -73,7 +73,7 @@ class Kind:
         raise NotImplementedError
 
     def streaming(self, response: httpx.Response) -> bool:
-        return response.headers.get("content-type", "").startswith("text/event-stream")
+        return upstream.header(response, b"content-type").startswith("text/event-stream")
 
     def answer(self, response: httpx.Response) -> AsyncIterator[bytes]:
         """The answer's bytes in the client's protocol (SSE or JSON)."""
