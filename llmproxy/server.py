@@ -293,6 +293,14 @@ def main(argv: list[str] | None = None) -> None:
         help="seconds a new worker may take to start (a SIGHUP replaces the workers one by "
         "one, each new one serving before the old one drains; default 60)",
     )
+    serve.add_argument(
+        "--backlog",
+        type=int,
+        default=8192,
+        help="connections the kernel queues for a worker to accept (default 8192; the kernel "
+        "caps it at net.core.somaxconn). uvicorn's 2048 overflowed at 1,000 new streams a "
+        "second on a busy worker, and an overflowed queue resets connections",
+    )
     serve.add_argument("--log-level", default="info")
     serve.add_argument("--no-access-log", action="store_true")
     _sign_in_commands(commands)
@@ -309,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         uds=args.uds,
         workers=args.workers,
         limit_concurrency=args.limit_concurrency,
+        backlog=args.backlog,
         timeout_keep_alive=args.timeout_keep_alive,
         forwarded_allow_ips=args.forwarded_allow_ips,
         log_level=args.log_level,
