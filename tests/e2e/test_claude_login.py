@@ -52,6 +52,17 @@ def claude_p(home, sink, *args: str) -> ClientRun:
     return _run(argv, env, home / "work", 120)
 
 
+def a_turn_is_billed_to(person, home, sink, fake, recorded, text: str) -> None:
+    """``claude -p`` on the saved sign-in answers, and its usage is the person's, under the
+    sign-in credential."""
+    fake.set_default(fu.text(text, input_tokens=30, output_tokens=4))
+    run = claude_p(home, sink)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert run.result["result"] == text
+    (event,) = recorded(1)
+    assert event.person_id == person.pk and event.credential == "claude_code"
+
+
 def live(kind: str) -> list[SignInToken]:
     return list(SignInToken.objects.filter(kind=kind, revoked_at__isnull=True))
 
@@ -67,12 +78,7 @@ def test_claude_code_signs_in_with_login_runs_refreshes_and_logs_out(
     (access,) = live("access")
     assert access.person == person and access.client == "claude_code"
 
-    fake.set_default(fu.text("Hi from the fake provider.", input_tokens=30, output_tokens=4))
-    run = claude_p(tmp_path, sink)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert run.result["result"] == "Hi from the fake provider."
-    (event,) = recorded(1)
-    assert event.person_id == person.pk and event.credential == "claude_code"
+    a_turn_is_billed_to(person, tmp_path, sink, fake, recorded, "Hi from the fake provider.")
     assert ("GET", "/managed/settings") in gateway.app.requests
 
     # Refresh: with under five minutes left, the client swaps its refresh token first.

@@ -12,8 +12,7 @@ from accounts.models import Identity
 from tests.console.test_browser import browser  # noqa: F401 - the fixture
 from tests.console.test_sso_browser import idp, sign_in  # noqa: F401 - the fixture
 from tests.e2e import claude_tui
-from tests.e2e.test_claude_login import claude_p, live
-from tests.fakes import fake_provider as fu
+from tests.e2e.test_claude_login import a_turn_is_billed_to, live
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cli]
 
@@ -47,9 +46,4 @@ def test_claude_code_login_approved_by_a_person_signed_in_through_the_idp(
     (access,) = live("access")
     assert access.person == ann and access.client == "claude_code"
 
-    fake.set_default(fu.text("Hi, Ann.", input_tokens=30, output_tokens=4))
-    run = claude_p(tmp_path, sink)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert run.result["result"] == "Hi, Ann."
-    (event,) = recorded(1)
-    assert event.person_id == ann.pk and event.credential == "claude_code"
+    a_turn_is_billed_to(ann, tmp_path, sink, fake, recorded, "Hi, Ann.")
