@@ -3,12 +3,44 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 import uvicorn
 
 from llmproxy import server as llmproxy_server
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def serve_process(env: dict, port: int) -> Iterator[subprocess.Popen]:
+    """``python -m llmproxy serve`` on 127.0.0.1:``port`` as a subprocess, yielded once it
+    answers; terminated afterwards."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llmproxy", "serve", "--port", str(port), "--log-level",
+         "warning", "--no-access-log"],
+        cwd=ROOT, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.head(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the gateway did not start"
+                time.sleep(0.1)
+        yield server
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 class CountingApp:

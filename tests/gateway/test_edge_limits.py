@@ -28,6 +28,7 @@ from tests.fakes import MODEL, OPENAI_MODEL
 from tests.fakes import fake_openai as fo
 from tests.fakes import fake_provider as fu
 from tests.gateway.test_openai_e2e import frames_until_done, ws_url
+from tests.servers import serve_process
 
 pytestmark = pytest.mark.e2e
 
@@ -219,20 +220,7 @@ def test_unauthenticated_uploads_do_not_grow_the_workers_memory(tmp_path):
         timeout=120,
     )  # fmt: skip
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "llmproxy", "serve", "--port", str(port), "--log-level",
-         "warning", "--no-access-log"],
-        cwd=ROOT, env=env,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.head(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the gateway did not start"
-                time.sleep(0.1)
+    with serve_process(env, port) as server:
         assert upload_without_a_key(port, MIB) == 401  # warm: every import done
         before = vm_rss(server.pid)
         peak = before
@@ -264,9 +252,6 @@ def test_unauthenticated_uploads_do_not_grow_the_workers_memory(tmp_path):
         assert statuses == [401] * 10
         assert after - before < 20 * 1000 * 1000
         assert peak - before < 20 * 1000 * 1000
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 # --- request heads: size, count, time ---------------------------------------------------------

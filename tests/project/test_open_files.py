@@ -9,13 +9,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.servers import serve_process
+
 PROBE = (
     "import resource; from llmproxy.server import raise_open_files_limit; "
     "print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
@@ -61,21 +60,5 @@ def test_serve_asks_for_a_deep_accept_queue(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "llmproxy", "serve", "--port", str(port), "--log-level",
-         "warning", "--no-access-log"],
-        cwd=ROOT, env=env,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.head(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the gateway did not start"
-                time.sleep(0.1)
+    with serve_process(env, port):
         assert listen_backlog(port) == min(8192, somaxconn)
-    finally:
-        server.terminate()
-        server.wait(30)
