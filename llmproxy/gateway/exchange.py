@@ -359,12 +359,11 @@ class Exchange:
     async def _settle(self, status: int | None, error: str, partial: bool | None) -> None:
         settling = time.perf_counter()
         record, cost, tokens = self._accounted(status, error, partial)
-        if self.ticket is not None:
-            try:
-                await limiter().settle(self.ticket, cost, tokens)
-            except Exception:
-                # The slot and reservation then expire on their own (limits.HOLD_TTL).
-                log.exception("the limiter could not settle %s", self.request_id)
+        try:  # only reached with a ticket the limiter still holds (``settle``)
+            await limiter().settle(self.ticket, cost, tokens)
+        except Exception:
+            # The slot and reservation then expire on their own (limits.HOLD_TTL).
+            log.exception("the limiter could not settle %s", self.request_id)
         self._hand_over(record, tokens, settling)
 
     def _accounted(
