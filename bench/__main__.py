@@ -168,13 +168,44 @@ ROUNDS = 5
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (uvicorn's workers, the embedded usage writer, started
+    by a worker's thread), from each process's parent in /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(_stat(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
+
+
 def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc), or None elsewhere."""
+    """User + system CPU time so far of a process and its descendants (Linux /proc): the
+    embedded gateway's usage writer is a child process, and its work is the gateway's. None
+    where there is no /proc."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        own = _stat(pid)
     except (OSError, TypeError):
         return None
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    total = int(own[11]) + int(own[12])
+    for child in descendants(pid):
+        try:
+            fields = _stat(child)
+        except OSError:
+            continue  # ended meanwhile
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
 
 
 def cpu_per_request_us(before: float | None, pid: int | None, served: int) -> float | None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.__main__ import MODEL, Stack, cpu_seconds
+from bench.__main__ import MODEL, Stack, cpu_seconds, descendants
 
 NOTES_MARKER = "<!-- held streams: notes kept when bench.held rewrites its section -->"
 
@@ -44,17 +44,14 @@ def rss_mb(pid: int) -> float:
 
 
 def tree_rss_mb(pid: int) -> float:
-    """RSS of a process and its children (uvicorn's workers)."""
+    """RSS of a process and its descendants (uvicorn's workers, the usage writer)."""
     total = rss_mb(pid)
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        total += rss_mb(int(child))
+    for child in descendants(pid):
+        try:
+            total += rss_mb(child)
+        except OSError:
+            continue  # ended meanwhile
     return total
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its children (uvicorn's workers) so far."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return sum(cpu_seconds(p) or 0.0 for p in (pid, *map(int, children)))
 
 
 def body(seconds: float) -> bytes:
@@ -131,13 +128,13 @@ async def measure(stack: Stack, secret: str, counts: list[int], seconds: float) 
             bare, bare_errors = await run(stack.floor_url, {}, streams, seconds)
             bare_cpu = (cpu_seconds(stack.floor_pid) or 0.0) - cpu_before
         peak: list[float] = []
-        cpu_before = tree_cpu_seconds(stack.gateway_pid)
+        cpu_before = cpu_seconds(stack.gateway_pid)
         sampler = asyncio.ensure_future(_sample(stack.gateway_pid, peak))
         gateway, gateway_errors = await run(
             stack.gateway_url, {"x-api-key": secret}, streams, seconds
         )
         sampler.cancel()
-        cpu = tree_cpu_seconds(stack.gateway_pid) - cpu_before
+        cpu = cpu_seconds(stack.gateway_pid) - cpu_before
         row = {
             "streams": streams,
             "workers": stack.workers,

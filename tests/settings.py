@@ -25,6 +25,10 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast log
 # Usage is written in-process here; the tests of the Celery pipeline itself start a real
 # worker process with the production settings.
 CELERY_TASK_ALWAYS_EAGER = True
+# ... in the usage thread of the test process: a writer process would not see the test
+# database (it would be refused and the thread used anyway). The gateways the tests start as
+# processes use the writer process (tests/gateway/test_usage_writer.py).
+LLMPROXY_USAGE_WRITER_PROCESS = False
 
 # Close the database connection at the end of each request the test servers handle, so no
 # server thread still holds one when the test database is dropped.

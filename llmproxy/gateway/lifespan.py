@@ -25,6 +25,7 @@ async def lifespan(scope, receive, send):
         if message["type"] == "lifespan.startup":
             draining.install(asyncio.get_running_loop())
             sink.replay_spool()
+            sink.start_writer()
             # Everything loaded so far (Django, the app, the policy) lives as long as the
             # process: out of the collector's sight, a full collection no longer walks it,
             # which took most of a millisecond or more in the middle of a request.

@@ -1,9 +1,11 @@
 """Hands usage events from the response path to Celery without blocking it.
 
 The event loop only appends to a thread-safe queue. One daemon thread per process drains it
-in batches and submits ``billing.tasks.record_usage_batch``: to the broker in scaled mode, or
-runs it right there in embedded (eager) mode, where the ORM is fine because this is a plain
-thread. A failed submission is retried with backoff; events stay queued meanwhile.
+in batches and submits ``billing.tasks.record_usage_batch``: to the broker in scaled mode; in
+embedded (eager) mode it hands the batch to the usage writer process (``billing.writer``) and
+waits for its answer, or, with ``LLMPROXY_USAGE_WRITER_PROCESS`` off or no writer process to
+be had, stores it right there (the ORM is fine in a plain thread). A failed submission is
+retried with backoff; events stay queued meanwhile.
 
 No event is lost on the way (docs/operations.md, "The ledger"):
 
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.db import close_old_connections, connections
 
-from billing import services, spool, tasks
+from billing import services, spool, tasks, writer
 from billing.records import UsageRecord
 from llmproxy.core import metrics
 
@@ -62,6 +64,7 @@ class UsageSink:
         self._in_hand: list[UsageRecord] = []  # the batch being delivered
         self._stopping = threading.Event()
         self._wake = threading.Event()  # set with a control item: stop lingering
+        self._writer = writer.WriterProcess()  # started by the first batch that needs it
 
     def submit(self, event: UsageRecord) -> None:
         """Non-blocking; safe from the event loop."""
@@ -124,6 +127,14 @@ class UsageSink:
             self._start()
         self._control(replay)
 
+    def start_writer(self) -> None:
+        """At startup, in the embedded mode: have the writer process ready for the first
+        batch (started in this sink's thread, off the event loop)."""
+        if settings.CELERY_TASK_ALWAYS_EAGER and settings.LLMPROXY_USAGE_WRITER_PROCESS:
+            if self._thread is None:
+                self._start()
+            self._control(self._writer.prepare)
+
     def _start(self) -> None:
         with self._start_lock:
             if self._thread is None:
@@ -137,6 +148,7 @@ class UsageSink:
         done = threading.Event()
 
         def close() -> None:
+            self._writer.close(timeout)
             connections.close_all()
             done.set()
 
@@ -229,16 +241,14 @@ class UsageSink:
             try:
                 _tidy_connections()
                 if settings.CELERY_TASK_ALWAYS_EAGER:
-                    # Eager mode would run the task here anyway; skip Celery's wrapping,
-                    # which holds the GIL for milliseconds the event loop wants.
-                    services.record_usage_batch(batch)
+                    self._write(batch, attempt)
                 else:
                     tasks.record_usage_batch.delay([record.to_wire() for record in batch])
                     wait = settings.LLMPROXY_USAGE_CONFIRM_SECONDS
                     self._sent.append(_Sent(batch, wait))
                 return
             except Exception as exc:
-                transient = isinstance(exc, services.TRANSIENT_ERRORS)
+                transient = isinstance(exc, (*services.TRANSIENT_ERRORS, writer.Unavailable))
                 if self._stopping.is_set() or (not transient and attempt >= _ATTEMPTS):
                     # Never let one batch hold up the ones after it; nothing is lost either.
                     log.exception("usage batch of %d not delivered; spooling it", len(batch))
@@ -250,6 +260,27 @@ class UsageSink:
                 delay = min(delay * 2, 30.0)
             finally:
                 _tidy_connections()
+
+    def _write(self, batch: list[UsageRecord], attempt: int) -> None:
+        """Embedded mode: store a batch through the writer process, or in this thread (no
+        process wanted, none to be had, or one that failed this batch ``_ATTEMPTS`` times:
+        a batch that kills its writer must not hold up the ones after it). Either way not
+        through Celery's eager wrapping, which holds the GIL for milliseconds."""
+        if settings.LLMPROXY_USAGE_WRITER_PROCESS and attempt <= _ATTEMPTS:
+            try:
+                written, dead = self._writer.write(batch)
+            except writer.Disabled:
+                pass
+            else:
+                metrics.USAGE_WRITTEN.inc(written)
+                metrics.USAGE_DEAD_LETTERED.inc(dead)
+                return
+        services.record_usage_batch(batch)
+
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's pid, while it runs."""
+        return self._writer.pid
 
     def _confirm(self) -> None:
         """Send again, from the sent batches due for their check, the events the ledger does
