@@ -46,6 +46,8 @@ from billing.records import UsageRecord
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct(">I")
+# A frame's first byte: what the child is asked to do with the rest.
+_STORE, _SEND, _RECORDED = b"s", b"p", b"r"
 _MAX_FRAME = 256 * 1024 * 1024
 # Starting the child is Django's setup (about a second; more on a loaded host).
 START_SECONDS = 60.0
@@ -90,30 +92,42 @@ class WriterProcess:
     def pid(self) -> int | None:
         return self._child.pid if self._child is not None else None
 
-    def write(self, records: list[UsageRecord]) -> tuple[int, int]:
-        """Store a batch in the child; (events written, events dead-lettered).
+    def store(self, records: list[UsageRecord]) -> tuple[int, int]:
+        """Embedded mode: store a batch in the ledger; (events written, dead-lettered).
 
-        Raises ``Unavailable`` (the child is gone or slow: try again), ``Disabled``
-        (write in this process from now on), ``Refused``, or the child's transient
-        database error as ``Unavailable``. Whatever it raises, the batch may or may not
-        be stored: a retry inserts nothing twice.
+        Raises ``Unavailable`` (the child is gone or slow, or the database away: try again),
+        ``Disabled`` (write in this process from now on) or ``Refused``. Whatever it raises,
+        the batch may or may not be stored: a retry inserts nothing twice.
         """
+        answer = self._ask(_STORE, self._encoder.encode(records))
+        return int(answer["written"]), int(answer["dead"])
+
+    def send(self, records: list[UsageRecord]) -> None:
+        """Scaled mode: hand a batch to the broker (``billing.tasks.record_usage_batch``);
+        raises as ``store`` does (a batch sent twice is stored once)."""
+        self._ask(_SEND, self._encoder.encode(records))
+
+    def recorded(self, request_ids: list[str]) -> set[str]:
+        """Which of these request ids the ledger holds (the sink's delivery check)."""
+        return set(self._ask(_RECORDED, self._encoder.encode(request_ids))["held"])
+
+    def _ask(self, op: bytes, body: bytes) -> dict[str, Any]:
         with self._lock:
             if self.disabled:
                 raise Disabled("usage writer process given up")
             child = self._child or self._start()
             try:
-                _send(child, self._encoder.encode(records))
+                _send(child, op + body)
                 answer = self._decoder.decode(_receive(child, ANSWER_SECONDS))
-            except (OSError, Unavailable) as exc:
+            except (OSError, Unavailable, msgspec.DecodeError) as exc:
                 self._stop(child)
                 raise Unavailable(f"usage writer process: {exc}") from exc
-            error = answer.get("error")
-            if error == "transient":
-                raise Unavailable(f"usage writer process: {answer.get('message')}")
-            if error:
-                raise Refused(answer.get("message") or error)
-            return int(answer["written"]), int(answer["dead"])
+        error = answer.get("error")
+        if error == "transient":
+            raise Unavailable(f"usage writer process: {answer.get('message')}")
+        if error:
+            raise Refused(answer.get("message") or error)
+        return answer
 
     def prepare(self) -> None:
         """Start the child now, so the first batch does not wait for Django's setup in it
@@ -243,29 +257,43 @@ def main() -> None:
     import django
 
     django.setup()
+    import kombu.exceptions
     from django.db import close_old_connections, connections
     from prometheus_client import REGISTRY
 
-    from billing import services
+    from billing import services, tasks
 
     encoder = msgspec.msgpack.Encoder()
-    decoder = msgspec.msgpack.Decoder(list[UsageRecord])
+    records = msgspec.msgpack.Decoder(list[UsageRecord])
+    request_ids = msgspec.msgpack.Decoder(list[str])
     database = database_identity(connections["default"].settings_dict)
     _write_frame(out, encoder.encode({"ready": os.getpid(), "database": database}))
 
     def dead_lettered() -> float:
         return REGISTRY.get_sample_value("llmproxy_usage_events_dead_lettered_total") or 0.0
 
-    while (body := _read_frame(source)) is not None:
+    def store(body: bytes) -> dict[str, Any]:
         before = dead_lettered()
+        written = services.record_usage_batch(records.decode(body))
+        return {"written": written, "dead": int(dead_lettered() - before)}
+
+    def send(body: bytes) -> dict[str, Any]:
+        batch = records.decode(body)
+        tasks.record_usage_batch.delay([record.to_wire() for record in batch])
+        return {"sent": len(batch)}
+
+    def recorded(body: bytes) -> dict[str, Any]:
+        return {"held": sorted(services.recorded_request_ids(request_ids.decode(body)))}
+
+    handlers = {_STORE: store, _SEND: send, _RECORDED: recorded}
+    while (frame := _read_frame(source)) is not None:
         try:
-            written = services.record_usage_batch(decoder.decode(body))
-            answer: dict[str, Any] = {"written": written, "dead": int(dead_lettered() - before)}
-        except services.TRANSIENT_ERRORS as exc:
+            answer = handlers[frame[:1]](frame[1:])
+        except (*services.TRANSIENT_ERRORS, kombu.exceptions.OperationalError) as exc:
             close_old_connections()  # a connection that failed is not used again
             answer = {"error": "transient", "message": f"{type(exc).__name__}: {exc}"}
-        except Exception as exc:  # a batch the service could not take at all
-            log.exception("usage batch not written")
+        except Exception as exc:  # a frame the service could not take at all
+            log.exception("usage writer: request not done")
             answer = {"error": "failed", "message": f"{type(exc).__name__}: {exc}"}
         _write_frame(out, encoder.encode(answer))
     connections.close_all()

@@ -325,9 +325,9 @@ LLMPROXY_ALLOW_PRIVATE_UPSTREAMS = env_bool(ENV, "LLMPROXY_ALLOW_PRIVATE_UPSTREA
 # Scaled mode: a batch handed to the broker is checked against the ledger after this long and
 # sent again if it is not there (a flushed Redis lost it); a replay inserts nothing twice.
 LLMPROXY_USAGE_CONFIRM_SECONDS = env_float(ENV, "LLMPROXY_USAGE_CONFIRM_SECONDS", 60.0, minimum=0.1)
-# Embedded mode: usage batches are stored by a child process of each gateway worker
-# (billing/writer.py), so the insert's Python does not hold the event loop's GIL; false: in
-# the worker's own usage thread. The scaled mode's Celery worker is its own process anyway.
+# Usage batches are stored (embedded mode) or published to the broker (scaled mode) by a
+# child process of each gateway worker (billing/writer.py), so that Python does not hold the
+# event loop's GIL; false: by the worker's own usage thread.
 LLMPROXY_USAGE_WRITER_PROCESS = env_bool(ENV, "LLMPROXY_USAGE_WRITER_PROCESS", True)
 # At shutdown, how long queued usage may take to be handed over before the rest is spooled.
 LLMPROXY_USAGE_SHUTDOWN_SECONDS = env_float(

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import kombu.exceptions
 from django.conf import settings
 from django.db import close_old_connections, connections
 
@@ -37,8 +38,12 @@ from llmproxy.core import metrics
 log = logging.getLogger(__name__)
 
 _NUDGE = object()
-# Attempts at a batch that fails with an error that is not the database being away.
+# Attempts at a batch that fails with an error that is not the database (or the broker, or
+# the writer process) being away; and at a batch in the writer process before this thread
+# takes it over.
 _ATTEMPTS = 3
+# The database, the broker or the writer process away: retried with backoff, without end.
+_TRANSIENT = (*services.TRANSIENT_ERRORS, kombu.exceptions.OperationalError, writer.Unavailable)
 
 
 class _Sent:
@@ -130,7 +135,7 @@ class UsageSink:
     def start_writer(self) -> None:
         """At startup, in the embedded mode: have the writer process ready for the first
         batch (started in this sink's thread, off the event loop)."""
-        if settings.CELERY_TASK_ALWAYS_EAGER and settings.LLMPROXY_USAGE_WRITER_PROCESS:
+        if settings.LLMPROXY_USAGE_WRITER_PROCESS:
             if self._thread is None:
                 self._start()
             self._control(self._writer.prepare)
@@ -243,12 +248,12 @@ class UsageSink:
                 if settings.CELERY_TASK_ALWAYS_EAGER:
                     self._write(batch, attempt)
                 else:
-                    tasks.record_usage_batch.delay([record.to_wire() for record in batch])
+                    self._to_broker(batch, attempt)
                     wait = settings.LLMPROXY_USAGE_CONFIRM_SECONDS
                     self._sent.append(_Sent(batch, wait))
                 return
             except Exception as exc:
-                transient = isinstance(exc, (*services.TRANSIENT_ERRORS, writer.Unavailable))
+                transient = isinstance(exc, _TRANSIENT)
                 if self._stopping.is_set() or (not transient and attempt >= _ATTEMPTS):
                     # Never let one batch hold up the ones after it; nothing is lost either.
                     log.exception("usage batch of %d not delivered; spooling it", len(batch))
@@ -266,9 +271,9 @@ class UsageSink:
         process wanted, none to be had, or one that failed this batch ``_ATTEMPTS`` times:
         a batch that kills its writer must not hold up the ones after it). Either way not
         through Celery's eager wrapping, which holds the GIL for milliseconds."""
-        if settings.LLMPROXY_USAGE_WRITER_PROCESS and attempt <= _ATTEMPTS:
+        if self._use_writer(attempt):
             try:
-                written, dead = self._writer.write(batch)
+                written, dead = self._writer.store(batch)
             except writer.Disabled:
                 pass
             else:
@@ -276,6 +281,32 @@ class UsageSink:
                 metrics.USAGE_DEAD_LETTERED.inc(dead)
                 return
         services.record_usage_batch(batch)
+
+    def _to_broker(self, batch: list[UsageRecord], attempt: int) -> None:
+        """Scaled mode: the writer process publishes the batch (kombu's serialising and
+        publishing is Python too), or this thread does (as in ``_write``)."""
+        if self._use_writer(attempt):
+            try:
+                self._writer.send(batch)
+                return
+            except writer.Disabled:
+                pass
+        tasks.record_usage_batch.delay([record.to_wire() for record in batch])
+
+    def _recorded(self, request_ids: list[str]) -> set[str]:
+        if self._use_writer(1):
+            try:
+                return self._writer.recorded(request_ids)
+            except writer.Disabled:
+                pass
+        return services.recorded_request_ids(request_ids)
+
+    def _use_writer(self, attempt: int) -> bool:
+        return (
+            settings.LLMPROXY_USAGE_WRITER_PROCESS
+            and attempt <= _ATTEMPTS
+            and not self._writer.disabled
+        )
 
     @property
     def writer_pid(self) -> int | None:
@@ -292,7 +323,7 @@ class UsageSink:
         try:
             close_old_connections()
             ids = [record.request_id for sent in due for record in sent.batch]
-            held = services.recorded_request_ids(ids)
+            held = self._recorded(ids)
         except Exception:
             log.exception("usage delivery check failed; trying again")
             for sent in due:
@@ -307,7 +338,7 @@ class UsageSink:
                 continue
             log.warning("%d usage events not in the ledger yet; sending again", len(missing))
             try:
-                tasks.record_usage_batch.delay([record.to_wire() for record in missing])
+                self._to_broker(missing, 1)
             except Exception:
                 log.exception("usage batch of %d not handed over again", len(missing))
             # A slow worker is not a lost message: wait twice as long before the next check.

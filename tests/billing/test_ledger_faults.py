@@ -4,7 +4,7 @@ A real gateway process (``python -m llmproxy serve``, scaled mode) and a real Ce
 PostgreSQL and Redis, with clients calling through the gateway all along. Faults, one after
 the other:
 
-1. the worker is SIGKILLed in the middle of a batch (a lock on the usage table holds its
+1. the Celery worker is SIGKILLed in the middle of a batch (a lock on the usage table holds its
    INSERT inside the transaction), then restarted;
 2. Redis is flushed (FLUSHDB of the test's Redis database) while tasks wait in the queue;
 3. PostgreSQL "restarts": every backend connection of the test database except the test's
@@ -12,6 +12,8 @@ the other:
    with other work, so the test does not restart the server itself; to each client a
    terminated backend looks the same as a restarted server (the connection is gone, the next
    one is fresh).
+4. the gateway's usage writer process (billing/writer.py: it publishes the gateway's
+   batches and looks up their delivery) is SIGKILLed.
 
 Afterwards the ledger holds one event per request id the clients were answered with, and no
 other.
@@ -44,6 +46,7 @@ from tests.billing.test_celery_worker import (
     worker_log,
 )
 from tests.e2e.test_embedded import free_port
+from tests.e2e.test_usage_writer import writer_of
 from tests.fakes import fake_provider as fu
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -168,6 +171,10 @@ def test_every_usage_event_is_recorded_once_through_faults(
                     "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
                 assert cursor.fetchone()[0] >= 2  # the gateway's and the worker's at least
+            traffic.wait_for_more(20)
+
+            # 4. The gateway's usage writer process (which publishes its batches) dies.
+            os.kill(writer_of(gateway.pid), signal.SIGKILL)
             traffic.wait_for_more(20)
         answered = set(traffic.answered)
         assert len(answered) == len(traffic.answered)  # request ids are unique

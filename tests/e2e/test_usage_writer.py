@@ -137,5 +137,5 @@ def test_a_writer_on_another_database_is_refused_and_the_thread_writes(settings)
     assert sink.writer_pid is None
     assert list(UsageEvent.objects.values_list("request_id", flat=True)) == ["writer-elsewhere"]
     with pytest.raises(writer.Disabled):
-        sink._writer.write([record])
+        sink._writer.store([record])
     sink.close_connections()
