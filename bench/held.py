@@ -43,12 +43,14 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def tree_rss_mb(pid: int) -> float:
-    """RSS of a process and its descendants (uvicorn's workers, the usage writer)."""
-    total = rss_mb(pid)
-    for child in descendants(pid):
+def tree_rss_mb(pids: list[int]) -> float:
+    """RSS of these processes (a gateway, its workers and their usage writers): the list is
+    made once per run (scanning /proc for descendants in the load generator's loop on every
+    sample would delay the streams it measures)."""
+    total = 0.0
+    for pid in pids:
         try:
-            total += rss_mb(child)
+            total += rss_mb(pid)
         except OSError:
             continue  # ended meanwhile
     return total
@@ -111,8 +113,9 @@ def quantile(values: list[float], q: float) -> float:
 
 
 async def _sample(pid: int, peak: list[float]) -> None:
+    pids = [pid, *descendants(pid)]
     while True:
-        peak.append(tree_rss_mb(pid))
+        peak.append(tree_rss_mb(pids))
         await asyncio.sleep(0.5)
 
 
