@@ -77,8 +77,8 @@ def database_identity(settings_dict: dict[str, Any]) -> list[str]:
 
 
 class WriterProcess:
-    """The gateway's side: one child, started on first use; ``write`` is called by one thread
-    (the sink's) at a time."""
+    """The gateway's side: one child, started at startup (``prepare``) or on first use; the
+    sink's thread asks it, one request at a time."""
 
     def __init__(self) -> None:
         self._child: subprocess.Popen | None = None
@@ -140,7 +140,7 @@ class WriterProcess:
                     log.warning("usage writer process not started yet", exc_info=True)
 
     def close(self, timeout: float = 10.0) -> None:
-        """End the child (the end of its stdin); the next ``write`` starts another."""
+        """End the child (the end of its stdin); the next request starts another."""
         with self._lock:
             child, self._child = self._child, None
         if child is None:
