@@ -64,19 +64,27 @@ def recorded(path: Path) -> list[str]:
         return [row[0] for row in database.execute("select request_id from billing_usageevent")]
 
 
-def test_usage_queued_at_shutdown_is_spooled_and_replayed_at_the_next_start(fake_server, tmp_path):
-    fake = fake_server.fake
+def embedded_gateway(fake, tmp_path: Path, **settings: str) -> tuple[dict, int, str, str]:
+    """An embedded gateway's data directory in ``tmp_path``, set up for the fake provider
+    (answering every call): its environment, port, URL and a key's secret."""
     fake.clear()
     fake.set_default(fu.text("hello", input_tokens=100, output_tokens=10))
     env = {"PATH": os.environ["PATH"], "DJANGO_DEBUG": "true", "LLMPROXY_DATA_DIR": str(tmp_path),
-           "LLMPROXY_USAGE_SHUTDOWN_SECONDS": "1",
-           "LLMPROXY_ALLOW_PRIVATE_UPSTREAMS": "true"}  # the fake is on loopback  # fmt: skip
+           "LLMPROXY_ALLOW_PRIVATE_UPSTREAMS": "true",  # the fake is on loopback
+           **settings}  # fmt: skip
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     manage(env, "bootstrap", "--url", url)
     manage(env, "addprovider", "anthropic", "--kind", "anthropic", "--base-url", fake.url,
            "--api-key", "sk-upstream")  # fmt: skip
     secret = manage(env, "createkey", "laptop").splitlines()[-1]
+    return env, port, url, secret
+
+
+def test_usage_queued_at_shutdown_is_spooled_and_replayed_at_the_next_start(fake_server, tmp_path):
+    env, port, url, secret = embedded_gateway(
+        fake_server.fake, tmp_path, LLMPROXY_USAGE_SHUTDOWN_SECONDS="1"
+    )
     database = tmp_path / "llmproxy.sqlite3"
     log = tmp_path / "gateway.log"
     server = serve(env, port, log)

@@ -22,9 +22,7 @@ from billing import writer
 from billing.models import UsageEvent
 from billing.records import UsageRecord
 from llmproxy.gateway.usage_sink import UsageSink
-from tests.e2e.test_embedded import free_port
-from tests.e2e.test_usage_shutdown import call, manage, recorded, serve
-from tests.fakes import fake_provider as fu
+from tests.e2e.test_usage_shutdown import call, embedded_gateway, recorded, serve
 
 pytestmark = pytest.mark.e2e
 
@@ -75,17 +73,7 @@ def wait_recorded(database: Path, answered: list[str], log: Path) -> None:
 
 
 def test_the_writer_process_stores_usage_and_a_killed_one_loses_nothing(fake_server, tmp_path):
-    fake = fake_server.fake
-    fake.clear()
-    fake.set_default(fu.text("hello", input_tokens=100, output_tokens=10))
-    env = {"PATH": os.environ["PATH"], "DJANGO_DEBUG": "true", "LLMPROXY_DATA_DIR": str(tmp_path),
-           "LLMPROXY_ALLOW_PRIVATE_UPSTREAMS": "true"}  # the fake is on loopback  # fmt: skip
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    manage(env, "bootstrap", "--url", url)
-    manage(env, "addprovider", "anthropic", "--kind", "anthropic", "--base-url", fake.url,
-           "--api-key", "sk-upstream")  # fmt: skip
-    secret = manage(env, "createkey", "laptop").splitlines()[-1]
+    env, port, url, secret = embedded_gateway(fake_server.fake, tmp_path)
     database = tmp_path / "llmproxy.sqlite3"
     log = tmp_path / "gateway.log"
     server = serve(env, port, log)
